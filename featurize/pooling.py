@@ -1,0 +1,48 @@
+"""Pooling of layer outputs into fixed-width vectors, one vocabulary for every backbone."""
+
+from __future__ import annotations
+
+import torch
+
+#: Valid pooling names. ``none`` returns the maps themselves (extraction function only).
+POOLINGS = ("avg", "max", "avgmax", "gem", "flatten", "none")
+#: Exponent of generalized-mean pooling (Radenovic et al. 2018).
+GEM_P = 3.0
+_GEM_EPS = 1e-6
+
+
+def pool(x: torch.Tensor, method: str) -> torch.Tensor:
+    """Pool a layer output into one vector per image.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        A feature map ``(N, C, H, W)``, a token sequence ``(N, L, D)`` (pooled over ``L``), or
+        vectors ``(N, D)``, which every method except ``"none"`` returns unchanged (there is
+        nothing to pool: the width stays ``D``).
+    method : {"avg", "max", "avgmax", "gem", "flatten", "none"}
+        ``avg`` and ``max`` pool over space; ``avgmax`` concatenates both (width ``2C``); ``gem``
+        is the generalized mean with p=3 over values clamped at 1e-6 (meant for post-ReLU maps);
+        ``flatten`` keeps every position (width ``C*H*W``, tied to the input size); ``none``
+        returns ``x`` as is.
+
+    Returns
+    -------
+    torch.Tensor
+    """
+    if method == "none":
+        return x
+    if x.ndim == 2:
+        return x
+    if method == "flatten":
+        return x.flatten(1)
+    dims = (2, 3) if x.ndim == 4 else (1,) if x.ndim == 3 else tuple(range(2, x.ndim))
+    if method == "avg":
+        return x.mean(dims)
+    if method == "max":
+        return x.amax(dims)
+    if method == "avgmax":
+        return torch.cat([x.mean(dims), x.amax(dims)], dim=1)
+    if method == "gem":
+        return x.float().clamp(min=_GEM_EPS).pow(GEM_P).mean(dims).pow(1.0 / GEM_P).to(x.dtype)
+    raise ValueError(f"Unknown pooling {method!r}. Expected one of {POOLINGS}.")

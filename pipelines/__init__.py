@@ -1,0 +1,1 @@
+"""pipelines: the ``featurize`` command line, batch extraction jobs, and Dask scale-out."""

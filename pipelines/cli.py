@@ -1,0 +1,67 @@
+"""The ``featurize`` command.
+
+Sub-commands live in ``pipelines/cmd_<name>.py`` modules, each defining ``add_parser(subparsers)``
+(which calls ``parser.set_defaults(func=run)``) and ``run(args) -> int``.
+
+Exit codes: 0 success; 1 an error (message on stderr, no traceback); 2 a usage error;
+3 the job finished but some inputs failed (``extract``); 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from featurize._version import __version__
+
+#: sub-command modules, in the order ``featurize --help`` lists them
+COMMANDS = ("backbones", "layers", "extract", "info", "merge", "train", "evaluate", "predict",
+            "sweep")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="featurize",
+        description="Transfer learning by features: CNN embeddings of images, cached in HDF5,"
+                    " and scikit-learn heads trained on them.",
+    )
+    parser.add_argument("--version", action="version", version=f"featurize {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"pipelines.cmd_{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"pipelines.cmd_{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from featurize.exceptions import FeaturizeError
+
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `featurize layers x | head`
+        return EXIT_OK
+    except KeyboardInterrupt:
+        print("featurize: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (FeaturizeError, OSError, ValueError) as exc:
+        print(f"featurize {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Extraction: layers, pooling, input kinds, failures, batching, OOM halving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featurize import extract_features
+from featurize.exceptions import BackboneError, FeatureExtractionWarning, ImageDecodeError
+from featurize.extraction import Extractor
+from featurize.pooling import pool
+
+RANDOM = {"backbone": "resnet18", "weights": None, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return Extractor("resnet18", None, layer=["layer2", "layer4"], pooling="avg", device="cpu")
+
+
+def test_rows_follow_input_order_and_match_single_image_runs(resnet, some_jpegs):
+    together = resnet.extract(some_jpegs[:6], batch_size=4, num_workers=2).features
+    alone = np.concatenate([resnet.extract([p], num_workers=0).features for p in some_jpegs[:6]])
+    np.testing.assert_allclose(together, alone, rtol=1e-4, atol=1e-5)
+    reversed_ = resnet.extract(some_jpegs[:6][::-1], batch_size=5, num_workers=0).features
+    np.testing.assert_allclose(reversed_[::-1], together, rtol=1e-4, atol=1e-5)
+
+
+def test_multi_layer_widths_and_order(resnet, some_jpegs):
+    assert resnet.widths == {"layer2": 128, "layer4": 512}
+    both = resnet.extract(some_jpegs[:2], num_workers=0).features
+    single = Extractor("resnet18", None, layer="layer4", device="cpu")
+    np.testing.assert_allclose(both[:, 128:], single.extract(some_jpegs[:2]).features,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_penultimate_equals_the_networks_own_embedding(some_jpegs):
+    ex = Extractor("resnet18", None, device="cpu")
+    assert ex.layers == ["penultimate"]
+    feats = ex.extract(some_jpegs[:3]).features
+    model = ex.model
+    captured = {}
+    hook = model.avgpool.register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
+    from featurize.data import ImageDataset, collate
+
+    batch = collate([ImageDataset(some_jpegs, [0, 1, 2], ex.preprocessing)[i] for i in range(3)])[1]
+    with torch.inference_mode():
+        model(ex.preprocessing.normalize(batch))
+    hook.remove()
+    np.testing.assert_allclose(feats, captured["x"].flatten(1).numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,width", [("avg", 64), ("max", 64), ("avgmax", 128),
+                                          ("gem", 64), ("flatten", 64 * 56 * 56)])
+def test_pooling_widths(method, width, rgb_arrays):
+    ex = Extractor("resnet18", None, layer="layer1", pooling=method, device="cpu")
+    out = ex.extract(rgb_arrays[:2]).features
+    assert out.shape == (2, width) and ex.n_features == width
+    assert np.isfinite(out).all()
+
+
+def test_pooling_math():
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    assert torch.equal(pool(x, "avg"), x.mean((2, 3)))
+    assert torch.equal(pool(x, "avgmax"), torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1))
+    gem = pool(x + 1, "gem")
+    assert torch.allclose(gem, ((x + 1) ** 3).mean((2, 3)) ** (1 / 3))
+    assert torch.equal(pool(x, "none"), x)
+
+
+def test_pooling_none_returns_maps(rgb_arrays):
+    maps = extract_features(rgb_arrays[:2], layer="layer3", pooling="none", **RANDOM)
+    assert maps.shape == (2, 256, 14, 14)
+
+
+def test_wrong_layer_lists_close_names():
+    with pytest.raises(BackboneError, match=r"layer4"):
+        Extractor("resnet18", None, layer="layr4", device="cpu")
+
+
+def test_input_kinds_agree(tmp_path, rgb_arrays):
+    img = rgb_arrays[3]
+    path = tmp_path / "x.png"
+    Image.fromarray(img).save(path)
+    ex = Extractor("resnet18", None, device="cpu")
+    ref = ex.extract([str(path)]).features
+    for variant in ([path], [Image.fromarray(img)], [img], img, str(tmp_path),
+                    np.stack([img, img])):
+        out = ex.extract(variant).features
+        np.testing.assert_allclose(out[0], ref[0], rtol=1e-5, atol=1e-6)
+    gray = np.stack([img[..., 0], img[..., 1]])
+    assert ex.extract(gray).features.shape == (2, 512)
+    pd = pytest.importorskip("pandas")
+    assert ex.extract(pd.Series([str(path), str(path)])).features.shape == (2, 512)
+
+
+def test_numeric_matrix_is_refused_clearly():
+    with pytest.raises(TypeError, match="feature matrix"):
+        extract_features(np.zeros((4, 10)), **RANDOM)
+
+
+def test_bad_file_raise_names_the_file(tmp_path, some_jpegs):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"<html>404</html>")
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        extract_features([some_jpegs[0], str(bad)], **RANDOM)
+
+
+def test_bad_file_nan_keeps_every_other_row(tmp_path, some_jpegs):
+    bad = tmp_path / "empty.jpg"
+    bad.write_bytes(b"")
+    inputs = [some_jpegs[0], str(bad), some_jpegs[1], str(tmp_path / "missing.jpg")]
+    with pytest.warns(FeatureExtractionWarning, match="2 of 4"):
+        feats, failures = extract_features(inputs, on_error="nan", return_failures=True,
+                                           batch_size=2, num_workers=2, **RANDOM)
+    assert sorted(failures) == [1, 3]
+    assert np.isnan(feats[[1, 3]]).all() and np.isfinite(feats[[0, 2]]).all()
+    good = extract_features([some_jpegs[0], some_jpegs[1]], **RANDOM)
+    np.testing.assert_allclose(feats[[0, 2]], good, rtol=1e-4, atol=1e-5)
+
+
+def test_oom_halves_the_batch_without_losing_rows(rgb_arrays, monkeypatch):
+    ex = Extractor("resnet18", None, device="cpu")
+    expected = ex.extract(rgb_arrays, batch_size=5).features
+    real = ex._forward_once
+    sizes = []
+
+    def flaky(batch):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real(batch)
+
+    monkeypatch.setattr(ex, "_forward_once", flaky)
+    out = ex.extract(rgb_arrays, batch_size=5).features
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    assert sizes[:3] == [5, 2, 2] and max(sizes[3:]) <= 2
+
+
+def test_duplicate_inputs_computed_once(some_jpegs, tmp_path):
+    ex = Extractor("resnet18", None, device="cpu")
+    calls = []
+    real = ex._forward_once
+    ex._forward_once = lambda b: calls.append(len(b)) or real(b)
+    out = ex.extract([some_jpegs[0], some_jpegs[1], some_jpegs[0]],
+                     cache=tmp_path / "c.h5").features
+    assert sum(calls) == 2
+    np.testing.assert_array_equal(out[0], out[2])
