@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, log_loss
 
 __all__ = ["SCORE_NAMES", "GREATER_IS_BETTER", "compute_scores"]
 
@@ -19,6 +18,11 @@ GREATER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "f1_macro": Tr
 def compute_scores(y_true, y_pred, proba=None, labels=None) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro F1 and (with probabilities) log loss.
 
+    Same values as scikit-learn's ``accuracy_score``, ``balanced_accuracy_score``,
+    ``f1_score(average="macro", zero_division=0)`` and ``log_loss(labels=labels)``, computed with
+    plain numpy: the selection calls this thousands of times and sklearn's input validation
+    made it the bottleneck (15 ms per call).
+
     Parameters
     ----------
     y_true : array-like of shape (n_samples,)
@@ -29,27 +33,43 @@ def compute_scores(y_true, y_pred, proba=None, labels=None) -> dict[str, float]:
         Predicted probabilities, columns in the order of ``labels``. ``None`` gives a NaN
         log loss.
     labels : array-like of shape (n_classes,), default=None
-        All class labels (needed for the log loss when ``y_true`` lacks a class).
+        All class labels, in the column order of ``proba`` (default: the sorted labels of
+        ``y_true``, which must then contain every class).
 
     Returns
     -------
     dict of str to float
-        Keys :data:`SCORE_NAMES`. Balanced accuracy and macro F1 average over the classes present
-        in ``y_true`` (macro F1 also counts classes that were predicted but absent).
+        Keys :data:`SCORE_NAMES`. Balanced accuracy averages the recall of the classes present
+        in ``y_true``; macro F1 averages over the classes present in ``y_true`` or ``y_pred``.
     """
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or y_true.size == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty 1-D arrays of the same length; got "
+                         f"shapes {y_true.shape} and {y_pred.shape}.")
     correct = y_true == y_pred
-    # Balanced accuracy = mean recall over the classes present in y_true; computed here rather
-    # than by balanced_accuracy_score, which warns (from worker threads) when a fold lacks a class
-    # that the model predicts.
-    recalls = [correct[y_true == c].mean() for c in np.unique(y_true)]
+    true_classes = np.unique(y_true)
+    recalls = [correct[y_true == c].mean() for c in true_classes]
+    f1s = []
+    for c in np.union1d(true_classes, np.unique(y_pred)):
+        tp = np.count_nonzero(correct & (y_true == c))
+        denominator = np.count_nonzero(y_true == c) + np.count_nonzero(y_pred == c)
+        f1s.append(2.0 * tp / denominator if denominator else 0.0)
     scores = {
         "accuracy": float(correct.mean()),
         "balanced_accuracy": float(np.mean(recalls)),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "f1_macro": float(np.mean(f1s)),
         "log_loss": float("nan"),
     }
     if proba is not None:
-        scores["log_loss"] = float(log_loss(y_true, proba, labels=labels))
+        proba = np.asarray(proba, dtype=np.float64)
+        labels = true_classes if labels is None else np.asarray(labels)
+        column = np.searchsorted(labels, y_true)
+        if proba.shape != (len(y_true), len(labels)) or np.any(labels[column] != y_true):
+            raise ValueError(f"proba must have shape (n_samples, n_labels) = "
+                             f"({len(y_true)}, {len(labels)}) with every true label among labels;"
+                             f" got {proba.shape}.")
+        eps = np.finfo(np.float64).eps
+        picked = np.clip(proba[np.arange(len(y_true)), column], eps, 1 - eps)
+        scores["log_loss"] = float(-np.mean(np.log(picked)))
     return scores

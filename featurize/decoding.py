@@ -565,10 +565,10 @@ def _unidentified_reason(fp: IO[bytes], what: str) -> str:
     if unsupported is not None:
         return f"unsupported image format: {unsupported}"
     preview = repr(head[:_PREVIEW_BYTES]) + ("..." if len(head) > _PREVIEW_BYTES else "")
-    reason = f"not a recognised image format ({what} starts with {preview})"
     fmt = _signature_format(head)
     if fmt is not None:
-        return f"corrupt or truncated {fmt} header: {reason}"
+        return f"corrupt or truncated {fmt} header ({what} starts with {preview})"
+    reason = f"not a recognised image format ({what} starts with {preview})"
     looks_like = _looks_like(head)
     return f"{reason}: looks like {looks_like}" if looks_like else reason
 
@@ -605,7 +605,7 @@ def _looks_like(head: bytes) -> str | None:
     ):
         return "an HTML web page (an error page or a failed download saved under an image name?)"
     if head.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer file, not the image itself (run `git lfs pull`)"
+        return "a Git LFS pointer file, not the image itself (run: git lfs pull)"
     if stripped.startswith(b"<?xml"):
         return "an XML document"
     if head.startswith(b"PK\x03\x04"):
@@ -656,6 +656,8 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
         if mode in _ALPHA_MODES or (
             mode in _KEYED_TRANSPARENCY_MODES and "transparency" in image.info
         ):
+            if mode == "La":  # Pillow converts premultiplied La only to LA
+                image = image.convert("LA")
             return _on_white(image.convert("RGBA"))
         return image.convert("RGB")
     except (ValueError, OSError) as exc:
@@ -711,10 +713,10 @@ def _array_to_rgb(array: np.ndarray, name: str, max_pixels: int | None) -> Image
     if array.size == 0:
         raise ImageDecodeError(name, f"empty array of shape {shape}")
     _check_size((shape[1], shape[0]), name, max_pixels)
-    kind = array.dtype.kind
-    if array.dtype == np.uint8:
+    kind, itemsize = array.dtype.kind, array.dtype.itemsize
+    if kind == "u" and itemsize == 1:
         values = array
-    elif array.dtype == np.uint16:
+    elif kind == "u" and itemsize == 2:  # either byte order
         values = _uint16_to_uint8(array)
     elif kind == "b":
         values = array.astype(np.uint8) * np.uint8(255)

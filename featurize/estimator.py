@@ -45,7 +45,9 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         HDF5 feature cache (see :class:`featurize.FeatureCache`); None stores nothing.
     on_error : {"raise", "nan"}, default="raise"
         ``"raise"``: an unreadable image raises an error naming the file and the reason.
-        ``"nan"``: its row is NaN, a warning gives the count, and ``failures_`` lists them.
+        ``"nan"``: its row is NaN, and one :class:`~featurize.exceptions.FeatureExtractionWarning`
+        gives the count and the first files; its ``failures`` attribute lists every failed row
+        (``transform`` itself changes no state, as scikit-learn requires).
     verbose : int, default=0
         ``1`` shows a progress bar with images/s.
 
@@ -59,8 +61,6 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         Width of each layer's part of a row.
     preprocessing_ : dict
         Resize, crop, mean, std and interpolation used (they come from the weights).
-    failures_ : list of dict
-        Images the last ``transform`` could not featurize: ``row``, ``source``, ``reason``.
 
     Examples
     --------
@@ -144,7 +144,6 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         self.n_features_out_ = extractor.n_features
         self.preprocessing_ = extractor.preprocessing.to_dict()
         self.device_ = str(extractor.device)
-        self.failures_ = []
         return self
 
     def _get_extractor(self):
@@ -166,13 +165,10 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         ndarray of shape (n_images, n_features_out_), float32
         """
         check_is_fitted(self, "n_features_out_")
-        result = self._get_extractor().extract(
+        return self._get_extractor().extract(
             X, batch_size=self.batch_size, num_workers=self.num_workers, cache=self.cache,
             on_error=self.on_error, verbose=self.verbose,
-        )
-        self.failures_ = [{"row": row, "source": result.sources[row], "reason": reason}
-                          for row, reason in result.failures.items()]
-        return result.features
+        ).features
 
     def get_feature_names_out(self, input_features=None):
         """Output column names: ``"<layer>_<pooling>_<i>"`` for each layer read.

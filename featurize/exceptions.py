@@ -47,4 +47,14 @@ class ModelVersionError(FeaturizeError, ValueError):
 
 
 class FeatureExtractionWarning(UserWarning):
-    """Some inputs could not be featurized and got rows of NaN (``on_error="nan"``)."""
+    """Some inputs could not be featurized and got rows of NaN (``on_error="nan"``).
+
+    Attributes
+    ----------
+    failures : list of dict
+        One ``{"row": int, "source": str, "reason": str}`` per failed input, in row order.
+    """
+
+    def __init__(self, message: str, failures: list | None = None):
+        super().__init__(message)
+        self.failures = list(failures or [])

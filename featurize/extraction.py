@@ -309,11 +309,7 @@ class Extractor:
         for row in failures:
             out[row] = np.nan
         if failures and on_error == "nan":
-            first = min(failures)
-            warnings.warn(
-                f"{len(failures)} of {n} images could not be featurized and got rows of NaN"
-                f" (first: {names[first]!r}: {failures[first]}). Their rows and reasons are in"
-                " the failures list.", FeatureExtractionWarning, stacklevel=3)
+            _warn_failures(failures, names, n)
         return ExtractionResult(out, dict(sorted(failures.items())), names, dict(self.widths),
                                 n_computed, n_cached)
 
@@ -403,6 +399,17 @@ class Extractor:
         finally:
             progress.close()
         return computed
+
+
+def _warn_failures(failures: dict[int, str], names: list[str], n: int) -> None:
+    rows = sorted(failures)
+    listed = "; ".join(f"{names[r]!r}: {failures[r]}" for r in rows[:5])
+    more = f"; and {len(rows) - 5} more" if len(rows) > 5 else ""
+    warnings.warn(FeatureExtractionWarning(
+        f"{len(rows)} of {n} images could not be featurized and got rows of NaN ({listed}{more})."
+        " The warning's .failures attribute lists them all.",
+        [{"row": r, "source": names[r], "reason": failures[r]} for r in rows],
+    ), stacklevel=4)
 
 
 def _decode_reason(source, name: str, max_pixels: int) -> str:

@@ -64,10 +64,11 @@ def test_nan_mode_exposes_failures(tmp_path, some_jpegs):
     bad = tmp_path / "text.jpg"
     bad.write_text("hello")
     f = CNNFeaturizer(on_error="nan", **RANDOM).fit()
-    with pytest.warns(FeatureExtractionWarning):
+    with pytest.warns(FeatureExtractionWarning, match="text.jpg") as record:
         X = f.transform([some_jpegs[0], str(bad)])
-    assert np.isnan(X[1]).all() and f.failures_[0]["row"] == 1
-    assert f.failures_[0]["source"].endswith("text.jpg")
+    assert np.isnan(X[1]).all() and np.isfinite(X[0]).all()
+    (failure,) = record[0].message.failures
+    assert failure["row"] == 1 and failure["source"].endswith("text.jpg")
     with pytest.raises(ImageDecodeError, match="text.jpg"):
         CNNFeaturizer(**RANDOM).fit().transform([str(bad)])
 
@@ -100,3 +101,18 @@ def test_embedded_backbone_end_to_end_on_ants_and_bees(hymenoptera):
     accuracy = clf.score(val.paths, val.target)
     print(f"efficientnet_lite0 + logreg(C=0.1): val accuracy {accuracy:.4f}")
     assert accuracy >= 0.93
+
+
+def test_common_behaviours_on_images(some_jpegs):
+    """The estimator checks that need images instead of a numeric matrix (see test_common)."""
+    f = CNNFeaturizer(**RANDOM).fit(some_jpegs)
+    state = {k: v for k, v in vars(f).items() if k != "_extractor"}
+    X = f.transform(some_jpegs[:6])
+    assert X.dtype == np.float32 and X.shape == (6, 512)
+    assert {k: v for k, v in vars(f).items() if k != "_extractor"}.keys() == state.keys()
+    order = np.array([3, 0, 5, 1, 4, 2])
+    np.testing.assert_allclose(f.transform([some_jpegs[i] for i in order]), X[order],
+                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(f.transform(some_jpegs[2:4]), X[2:4], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(f.fit(some_jpegs[:2]).transform(some_jpegs[:6]), X)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(f)).transform(some_jpegs[:6]), X)

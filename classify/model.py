@@ -1,0 +1,387 @@
+"""A trained image classifier: featurizer configuration + fitted head + provenance.
+
+:func:`train_model` runs the selection (:func:`~classify.selection.select_model`) on training
+features, refits the chosen head on all of them and returns a :class:`FittedModel`. The model
+predicts on precomputed features (:meth:`FittedModel.predict_features`) or on images
+(:meth:`FittedModel.predict`), building a :class:`featurize.CNNFeaturizer` from the stored
+configuration on first use (featurize and torch are imported only then).
+
+.. warning::
+   Model files are pickles (joblib). Loading one runs code chosen by whoever wrote it: load only
+   files you made or trust, never files from untrusted sources.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from classify.reports import format_frame, format_scores
+from classify.selection import SelectionResult, feature_set_name, select_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FORMAT_VERSION", "FittedModel", "train_model", "load_model"]
+
+#: Layout version of saved model files; bump it when a change makes old files unreadable.
+FORMAT_VERSION = 1
+_FORMAT = "featurize.classify.FittedModel"
+
+#: CNNFeaturizer parameters that change the numbers: they may not be overridden at predict time.
+_NUMERIC_PARAMS = ("backbone", "weights", "layer", "pooling", "precision")
+
+
+def _featurize_version() -> str:
+    from featurize._version import __version__  # torch-free module
+
+    return __version__
+
+
+class FittedModel:
+    """A head fitted on CNN features, with the featurizer configuration that produced them.
+
+    Parameters
+    ----------
+    estimator : fitted classifier
+        The head (usually a :func:`~classify.heads.make_head` pipeline), fitted on the features
+        of the chosen layer and pooling.
+    featurizer_config : dict, default=None
+        Parameters of :class:`featurize.CNNFeaturizer` (backbone, weights, layer, pooling, ...)
+        that turn an image into the head's input. Stored as given.
+    provenance : dict, default=None
+        Where the model comes from (backbone, layer, pooling, head, parameters, CV scores, class
+        names, versions...); see :func:`train_model`.
+    reports : dict of str to pandas.DataFrame, default=None
+        Cross-validation reports kept with the model: ``"table"`` (every candidate),
+        ``"per_class"``, ``"confusion"``, ``"fold_scores"`` and ``"nested"`` (when run).
+
+    Notes
+    -----
+    Save with :meth:`save`, load with :func:`load_model`. Model files are pickles: load only
+    files you trust.
+    """
+
+    def __init__(self, estimator: BaseEstimator, *, featurizer_config: dict | None = None,
+                 provenance: dict | None = None, reports: dict | None = None):
+        check_is_fitted(estimator)
+        self.estimator = estimator
+        self.featurizer_config = dict(featurizer_config or {})
+        self.provenance = dict(provenance or {})
+        self.reports = dict(reports or {})
+        self._featurizer = None
+
+    # -- description ------------------------------------------------------------------------
+
+    @property
+    def classes_(self) -> np.ndarray:
+        """Class labels, in the column order of :meth:`predict_proba`."""
+        return self.estimator.classes_
+
+    @property
+    def has_proba(self) -> bool:
+        """Whether the head gives probabilities (logreg, or a calibrated SVM)."""
+        return hasattr(self.estimator, "predict_proba")
+
+    @property
+    def cv_scores(self) -> dict:
+        """Mean cross-validated scores of the chosen configuration (training data)."""
+        return dict(self.provenance.get("cv_scores", {}))
+
+    def __repr__(self) -> str:
+        p = self.provenance
+        return (f"FittedModel(backbone={self.featurizer_config.get('backbone')!r}, "
+                f"layer={self.featurizer_config.get('layer')!r}, "
+                f"pooling={self.featurizer_config.get('pooling')!r}, head={p.get('head')!r}, "
+                f"params={p.get('params')!r}, classes={list(map(str, self.classes_))!r})")
+
+    def to_text(self) -> str:
+        """Configuration, provenance and cross-validation summary as text."""
+        p = self.provenance
+        cfg = self.featurizer_config
+        lines = [
+            f"featurize model (format {FORMAT_VERSION}, featurize {p.get('featurize_version')})",
+            f"  backbone: {cfg.get('backbone')}  weights: {cfg.get('weights')}",
+            f"  layer: {cfg.get('layer')}  pooling: {cfg.get('pooling')}",
+            f"  head: {p.get('head')}  params: {p.get('params')}",
+            f"  classes: {', '.join(map(str, self.classes_))}",
+            f"  trained on {p.get('n_samples')} images x {p.get('n_features')} features",
+        ]
+        if p.get("cv_scores"):
+            cv = p.get("cv", {})
+            lines.append(f"Cross-validation on the training data ({cv.get('n_repeats')} x "
+                         f"{cv.get('n_splits')}-fold):")
+            lines.append(format_scores(p["cv_scores"], p.get("cv_std")))
+        if p.get("nested_scores"):
+            lines.append("Nested cross-validation (unbiased estimate of the procedure):")
+            lines.append(format_scores(p["nested_scores"], p.get("nested_std")))
+        if "per_class" in self.reports:
+            lines += ["Per-class report (out-of-fold):", format_frame(self.reports["per_class"])]
+        return "\n".join(lines)
+
+    # -- prediction on features -------------------------------------------------------------
+
+    def _check_features(self, X) -> np.ndarray:
+        X = check_array(X, dtype=(np.float64, np.float32), ensure_all_finite=False)
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"Feature rows {bad[:10].tolist()}{'...' if bad.size > 10 else ''} contain NaN or"
+                " infinity (images that failed to load get NaN rows); drop them before predicting."
+            )
+        return X
+
+    def predict_features(self, X) -> np.ndarray:
+        """Predict class labels from precomputed features.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features of the stored layer and pooling (as :meth:`transform` computes them).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        return self.estimator.predict(self._check_features(X))
+
+    def predict_proba_features(self, X) -> np.ndarray:
+        """Class probabilities from precomputed features (columns: :attr:`classes_`).
+
+        Raises
+        ------
+        AttributeError
+            The head has no probabilities (an SVM trained without ``probability=True``).
+        """
+        if not self.has_proba:
+            raise AttributeError(
+                f"This model's head ({self.provenance.get('head', type(self.estimator).__name__)}"
+                ") gives no probabilities; train it with probability=True (calibrated SVM) or use"
+                " the logreg head."
+            )
+        return self.estimator.predict_proba(self._check_features(X))
+
+    # -- prediction on images ---------------------------------------------------------------
+
+    def featurizer(self, **overrides):
+        """The fitted :class:`featurize.CNNFeaturizer` of this model (built once, then reused).
+
+        Parameters
+        ----------
+        **overrides
+            Run-time parameters (``batch_size``, ``device``, ``num_workers``, ``cache``,
+            ``on_error``, ``verbose``). Parameters that change the numbers (backbone, weights,
+            layer, pooling, precision) cannot be overridden.
+        """
+        fixed = sorted(set(overrides) & set(_NUMERIC_PARAMS))
+        if fixed:
+            raise ValueError(f"{fixed} define the features the head was trained on and cannot be "
+                             "overridden; train another model instead.")
+        if self._featurizer is None:
+            from featurize.estimator import CNNFeaturizer  # imports torch
+
+            self._featurizer = CNNFeaturizer(**self.featurizer_config).fit()
+        if overrides:
+            self._featurizer.set_params(**overrides)
+        return self._featurizer
+
+    def transform(self, images, **overrides) -> np.ndarray:
+        """Features of ``images`` as the head expects them (see :meth:`featurizer`)."""
+        return self.featurizer(**overrides).transform(images)
+
+    def predict(self, images, **overrides) -> np.ndarray:
+        """Predict class labels of images (paths, PIL images, arrays, a folder...).
+
+        Parameters
+        ----------
+        images : sequence or folder
+            Anything :class:`featurize.CNNFeaturizer` accepts.
+        **overrides
+            Run-time featurizer parameters, see :meth:`featurizer`.
+
+        Returns
+        -------
+        ndarray of shape (n_images,)
+        """
+        return self.predict_features(self.transform(images, **overrides))
+
+    def predict_proba(self, images, **overrides) -> np.ndarray:
+        """Class probabilities of images (columns: :attr:`classes_`)."""
+        return self.predict_proba_features(self.transform(images, **overrides))
+
+    # -- persistence ------------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_featurizer"] = None  # the network does not travel; rebuilt on first use
+        return state
+
+    def save(self, path: str | os.PathLike, *, compress: int = 3) -> None:
+        """Write the model to ``path`` with joblib.
+
+        The file holds the fitted head, the featurizer configuration, provenance and reports,
+        plus ``format_version`` so that an incompatible featurize refuses it clearly. It is a
+        pickle: whoever loads it runs code chosen by whoever wrote it.
+        """
+        payload = {
+            "format": _FORMAT,
+            "format_version": FORMAT_VERSION,
+            "featurize_version": _featurize_version(),
+            "sklearn_version": sklearn.__version__,
+            "state": {
+                "estimator": self.estimator,
+                "featurizer_config": self.featurizer_config,
+                "provenance": self.provenance,
+                "reports": self.reports,
+            },
+        }
+        joblib.dump(payload, path, compress=compress)
+
+
+def load_model(path: str | os.PathLike) -> FittedModel:
+    """Load a model written by :meth:`FittedModel.save`.
+
+    .. warning::
+       This unpickles the file, which can run arbitrary code. Load only files you trust.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    FittedModel
+
+    Raises
+    ------
+    featurize.exceptions.ModelVersionError
+        The file was written with another ``format_version`` than this featurize reads.
+    ValueError
+        The file is not a featurize model.
+    FileNotFoundError
+        No such file.
+    """
+    from featurize.exceptions import ModelVersionError  # torch-free module
+
+    try:
+        payload = joblib.load(path)
+    except (pickle.UnpicklingError, EOFError, IndexError, KeyError, AttributeError,
+            ImportError) as exc:
+        raise ValueError(f"{os.fspath(path)!r} is not a readable featurize model file "
+                         f"({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise ValueError(f"{os.fspath(path)!r} is not a featurize model file (it holds a "
+                         f"{type(payload).__name__}); write models with FittedModel.save.")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelVersionError(
+            f"{os.fspath(path)!r} has model format version {version!r} (written by featurize "
+            f"{payload.get('featurize_version')}); this featurize {_featurize_version()} reads "
+            f"format version {FORMAT_VERSION}. Retrain the model with this version, or load it "
+            f"with featurize {payload.get('featurize_version')}."
+        )
+    if payload.get("sklearn_version") != sklearn.__version__:
+        logger.warning("model %s was written with scikit-learn %s; this is %s",
+                       os.fspath(path), payload.get("sklearn_version"), sklearn.__version__)
+    return FittedModel(**payload["state"])
+
+
+def _layer_pooling(key) -> dict:
+    if isinstance(key, tuple) and len(key) == 2:
+        return {"layer": key[0], "pooling": key[1]}
+    return {}
+
+
+def fit_selected(selection: SelectionResult, feature_sets, y, *,
+                 featurizer_config: dict | None = None) -> FittedModel:
+    """Refit the configuration chosen by a selection on all its training data.
+
+    Parameters
+    ----------
+    selection : SelectionResult
+        What :func:`~classify.selection.select_model` returned for ``feature_sets`` and ``y``.
+    feature_sets : mapping or array
+        The same feature sets as given to the selection.
+    y : array-like of shape (n_samples,)
+        The same labels.
+    featurizer_config : dict, default=None
+        CNNFeaturizer parameters; ``layer`` and ``pooling`` are set from the chosen feature set
+        when its key is a ``(layer, pooling)`` tuple.
+
+    Returns
+    -------
+    FittedModel
+    """
+    key = selection.best_feature_set
+    X = feature_sets[key] if isinstance(feature_sets, Mapping) else feature_sets
+    X = check_array(X, dtype=(np.float64, np.float32))
+    y = np.asarray(y)
+    estimator = selection.best_estimator().fit(X, y)
+    config = {**(featurizer_config or {}), **_layer_pooling(key)}
+    cv = selection.best_cv
+    classes, counts = np.unique(y, return_counts=True)
+    provenance = {
+        "format_version": FORMAT_VERSION,
+        "featurize_version": _featurize_version(),
+        "sklearn_version": sklearn.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "backbone": config.get("backbone"),
+        "weights": config.get("weights"),
+        "layer": config.get("layer"),
+        "pooling": config.get("pooling"),
+        "feature_set": feature_set_name(key),
+        "head": selection.best_head,
+        "params": selection.best_params,
+        "scoring": selection.scoring,
+        "cv": {"n_splits": cv.n_splits, "n_repeats": cv.n_repeats,
+               "random_state": cv.random_state, "notes": list(selection.notes)},
+        "cv_scores": cv.mean_scores(),
+        "cv_std": cv.std_scores(),
+        "classes": [str(c) for c in classes],
+        "class_counts": {str(c): int(n) for c, n in zip(classes, counts)},
+        "n_samples": int(X.shape[0]),
+        "n_features": int(X.shape[1]),
+    }
+    reports = {"table": selection.table, "per_class": cv.per_class_report(),
+               "confusion": cv.confusion_matrix(), "fold_scores": cv.fold_scores}
+    if selection.nested is not None:
+        provenance["nested_scores"] = selection.nested.mean_scores()
+        provenance["nested_std"] = selection.nested.std_scores()
+        reports["nested"] = selection.nested.fold_scores
+    return FittedModel(estimator, featurizer_config=config, provenance=provenance,
+                       reports=reports)
+
+
+def train_model(feature_sets, y, *, featurizer_config: dict | None = None,
+                **selection_params) -> FittedModel:
+    """Select feature set, head and parameters by cross-validation, then fit on all the data.
+
+    Parameters
+    ----------
+    feature_sets : mapping of key to array-like, or array-like
+        Training features per candidate (layer, pooling); see
+        :func:`~classify.selection.select_model`. Use ``(layer, pooling)`` tuples as keys so
+        that the model knows how to featurize new images.
+    y : array-like of shape (n_samples,)
+        Class labels (e.g. ``np.asarray(data.target_names)[data.target]``).
+    featurizer_config : dict, default=None
+        CNNFeaturizer parameters used to extract ``feature_sets`` (backbone, weights, ...).
+    **selection_params
+        Passed to :func:`~classify.selection.select_model` (``heads``, ``param_grids``,
+        ``probability``, ``scoring``, ``n_splits``, ``n_repeats``, ``nested``, ``n_jobs``...).
+
+    Returns
+    -------
+    FittedModel
+        ``provenance`` holds the choice and its cross-validated scores; ``reports`` the tables.
+    """
+    selection = select_model(feature_sets, y, **selection_params)
+    return fit_selected(selection, feature_sets, y, featurizer_config=featurizer_config)

@@ -1,0 +1,570 @@
+"""Automatic choice of feature set (layer, pooling), head and regularization by cross-validation.
+
+:func:`select_model` cross-validates every (feature set, head, parameters) candidate on the
+*training* data it is given (it never sees test data) and picks the best mean score.
+:func:`nested_cross_validate` repeats the whole selection inside each fold of an outer
+cross-validation, which gives an unbiased estimate of what the selection procedure achieves on
+new data (the inner winner's score is optimistic: it is a maximum over many noisy estimates).
+
+Choice rule: the highest mean score over all folds and repeats. Ties (equal means, common with
+accuracy on small data) are broken by the mean of the candidate and its neighbours on the C grid
+(the centre of a plateau is preferred to its edge), then by the order of the candidates: feature
+sets as given, heads as given, C ascending (the more regularized first).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, clone
+from sklearn.model_selection import ParameterGrid
+from sklearn.utils.validation import check_array
+
+from classify import _engine
+from classify.cv import CVResult, build_cv_result, encode_labels, make_splits
+from classify.heads import HEADS, default_param_grid, make_head
+from classify.metrics import GREATER_IS_BETTER, SCORE_NAMES
+from classify.reports import format_frame, format_scores
+from classify.splits import AdaptiveStratifiedKFold
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_HEADS",
+    "SelectionResult",
+    "NestedCVResult",
+    "select_model",
+    "nested_cross_validate",
+    "split_columns",
+    "feature_set_name",
+]
+
+DEFAULT_HEADS = ("logreg", "linear_svm", "rbf_svm")
+
+
+def feature_set_name(key) -> str:
+    """Display name of a feature-set key: ``"layer/pooling"`` for a ``(layer, pooling)`` tuple."""
+    if isinstance(key, tuple):
+        return "/".join(str(part) for part in key)
+    return str(key)
+
+
+def split_columns(X, widths) -> dict:
+    """Cut a wide matrix (several layers extracted in one pass) into per-layer views.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, sum of widths)
+        Concatenated features, blocks in the order of ``widths``.
+    widths : mapping of key to int, or sequence of (key, int)
+        Width of each block, e.g. ``{("blocks.4", "avg"): 80, ("blocks.6", "avg"): 192}``.
+
+    Returns
+    -------
+    dict
+        ``key -> X[:, start:stop]`` (views, no copy).
+    """
+    items = list(widths.items()) if isinstance(widths, Mapping) else list(widths)
+    X = np.asarray(X)
+    total = sum(int(w) for _, w in items)
+    if X.ndim != 2 or X.shape[1] != total:
+        raise ValueError(
+            f"The widths add up to {total} columns but X has shape {X.shape}. Pass the widths "
+            "of the blocks of X, in order."
+        )
+    out, start = {}, 0
+    for key, width in items:
+        out[key] = X[:, start:start + int(width)]
+        start += int(width)
+    return out
+
+
+def _prepare_feature_sets(feature_sets, n_samples: int):
+    """Return (keys, arrays) after validation; a single matrix becomes ``{"features": X}``."""
+    if not isinstance(feature_sets, Mapping):
+        feature_sets = {"features": feature_sets}
+    if not feature_sets:
+        raise ValueError("feature_sets is empty: give at least one feature matrix.")
+    keys, arrays = [], []
+    for key, X in feature_sets.items():
+        name = feature_set_name(key)
+        try:
+            X = check_array(X, dtype=(np.float64, np.float32), input_name=f"feature set {name!r}")
+        except ValueError as exc:
+            raise ValueError(
+                f"Feature set {name!r} is not a finite 2-D numeric matrix: {exc} Rows of images "
+                "that failed to load are NaN: drop them (and their labels) first."
+            ) from exc
+        if X.shape[0] != n_samples:
+            raise ValueError(f"Feature set {name!r} has {X.shape[0]} rows but y has {n_samples}.")
+        keys.append(key)
+        arrays.append(X)
+    return keys, arrays
+
+
+def _build_candidates(n_sets: int, heads, param_grids, probability: bool):
+    if isinstance(heads, str):
+        heads = (heads,)
+    heads = dict(heads) if isinstance(heads, Mapping) else {name: None for name in heads}
+    if not heads:
+        raise ValueError("heads is empty: give at least one head name.")
+    param_grids = dict(param_grids or {})
+    unknown = set(param_grids) - set(heads)
+    if unknown:
+        raise ValueError(f"param_grids has grids for {sorted(unknown)}, which are not in heads "
+                         f"({sorted(heads)}).")
+    per_head = []
+    for name, estimator in heads.items():
+        if estimator is None and name not in HEADS:
+            raise ValueError(f"Unknown head {name!r}. Valid heads are {sorted(HEADS)}, or pass "
+                             "heads as a mapping of name to an unfitted estimator.")
+        grid = param_grids.get(name, default_param_grid(name) if estimator is None else {})
+        params_list = list(ParameterGrid(grid)) if grid else [{}]
+        params_list.sort(key=lambda p: p.get("C", 0.0) if isinstance(p.get("C"), float | int)
+                         else 0.0)
+        built = []
+        for params in params_list:
+            if estimator is None:
+                est = make_head(name, probability=probability, **params)
+            else:
+                est = clone(estimator).set_params(**params)
+            built.append((params, est))
+        per_head.append((name, built))
+    return [_engine.Candidate(f, est, name, params)
+            for f in range(n_sets) for name, built in per_head for params, est in built]
+
+
+def _check_scoring(scoring: str) -> str:
+    if scoring == "neg_log_loss":
+        scoring = "log_loss"
+    if scoring not in SCORE_NAMES:
+        raise ValueError(f"The 'scoring' parameter must be one of {list(SCORE_NAMES)}. Got "
+                         f"{scoring!r} instead.")
+    return scoring
+
+
+def _criterion(means: np.ndarray, scoring: str) -> np.ndarray:
+    """Larger-is-better criterion per candidate; -inf where the score is unavailable."""
+    values = means[:, SCORE_NAMES.index(scoring)]
+    crit = values if GREATER_IS_BETTER[scoring] else -values
+    return np.where(np.isfinite(crit), crit, -np.inf)
+
+
+def _choose(crit: np.ndarray, candidates) -> int:
+    """Index of the best candidate (see the module docstring for the tie rule)."""
+    if not np.isfinite(crit).any():
+        raise ValueError("Every candidate failed (or has no value for the chosen score).")
+    smoothed = crit.copy()
+    groups: dict = {}
+    for i, cand in enumerate(candidates):
+        other = tuple(sorted((k, repr(v)) for k, v in cand.params.items() if k != "C"))
+        if isinstance(cand.params.get("C"), float | int):
+            groups.setdefault((cand.feature_set, cand.head, other), []).append(i)
+    for members in groups.values():
+        members.sort(key=lambda i: candidates[i].params["C"])
+        for j, i in enumerate(members):
+            window = crit[members[max(0, j - 1):j + 2]]
+            smoothed[i] = window[np.isfinite(window)].mean() if np.isfinite(crit[i]) else -np.inf
+    tied = np.flatnonzero(crit >= crit.max() - 1e-9)
+    return int(tied[np.argmax(smoothed[tied])])
+
+
+def _nan_summaries(evaluation, split_ids):
+    """Means and stds over splits; a candidate that failed on any split gets NaN."""
+    scores = evaluation.scores[:, split_ids]
+    return scores.mean(axis=1), scores.std(axis=1)
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in params.items())
+
+
+@dataclass
+class SelectionResult:
+    """Everything the selection measured, and its choice.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        One row per candidate: ``feature_set``, ``layer``, ``pooling``, ``head``, ``params``,
+        ``C``, ``<score>_mean`` and ``<score>_std`` for every score, ``fit_time`` (mean seconds
+        per fold), ``rank`` (1 = chosen) and ``error`` (message of a failed candidate).
+    keys : list
+        The feature-set keys, as given.
+    candidates : list of Candidate
+        The configurations, in table order.
+    best_index : int
+        Row of the chosen candidate.
+    best_cv : CVResult
+        Cross-validation of the chosen candidate (fold scores, out-of-fold predictions,
+        per-class report, confusion matrix). Its scores are optimistic for the selection
+        procedure as a whole; see ``nested``.
+    classes : ndarray
+        Class labels.
+    scoring : str
+        The score that decided.
+    nested : NestedCVResult or None
+        Nested cross-validation of the whole procedure, when asked for.
+    """
+
+    table: pd.DataFrame
+    keys: list
+    candidates: list
+    best_index: int
+    best_cv: CVResult
+    classes: np.ndarray
+    scoring: str
+    notes: tuple = field(default_factory=tuple)
+    nested: NestedCVResult | None = None
+
+    @property
+    def best(self) -> _engine.Candidate:
+        """The chosen candidate."""
+        return self.candidates[self.best_index]
+
+    @property
+    def best_feature_set(self):
+        """Key of the chosen feature set (as given: a name or a ``(layer, pooling)`` tuple)."""
+        return self.keys[self.best.feature_set]
+
+    @property
+    def best_head(self) -> str:
+        """Name of the chosen head."""
+        return self.best.head
+
+    @property
+    def best_params(self) -> dict:
+        """Searched parameters of the chosen candidate (e.g. ``{"C": 0.01}``)."""
+        return dict(self.best.params)
+
+    @property
+    def best_score(self) -> float:
+        """Mean cross-validated ``scoring`` of the chosen candidate."""
+        return float(self.table.loc[self.best_index, f"{self.scoring}_mean"])
+
+    def best_estimator(self) -> BaseEstimator:
+        """A clone of the chosen head, unfitted."""
+        return clone(self.best.estimator)
+
+    def head_table(self, score: str | None = None) -> pd.DataFrame:
+        """Best mean ``score`` of every (feature set, head), over its parameters.
+
+        Parameters
+        ----------
+        score : str, default=None
+            Which score to show (default: the selection's ``scoring``). The parameters of each
+            cell are those that the selection rule would pick in that cell.
+
+        Returns
+        -------
+        pandas.DataFrame
+            Index: feature sets (in the given order); columns: heads; values: mean scores.
+        """
+        long = self.summary_table(score)
+        table = long.pivot(index="feature_set", columns="head", values="mean")
+        order = [feature_set_name(k) for k in self.keys]
+        heads = list(dict.fromkeys(long["head"]))
+        return table.reindex(index=order, columns=heads)
+
+    def summary_table(self, score: str | None = None) -> pd.DataFrame:
+        """One row per (feature set, head): its best parameters, mean and std of ``score``."""
+        score = _check_scoring(score or self.scoring)
+        table = self.table
+        rows = []
+        crit_all = _criterion(table[[f"{s}_mean" for s in SCORE_NAMES]].to_numpy(), self.scoring)
+        for (fs, head), group in table.groupby(["feature_set", "head"], sort=False):
+            index = group.index.to_numpy()
+            best = index[_choose(crit_all[index], [self.candidates[i] for i in index])] \
+                if np.isfinite(crit_all[index]).any() else index[0]
+            rows.append({"feature_set": fs, "layer": table.loc[best, "layer"],
+                         "pooling": table.loc[best, "pooling"], "head": head,
+                         "params": table.loc[best, "params"],
+                         "mean": table.loc[best, f"{score}_mean"],
+                         "std": table.loc[best, f"{score}_std"]})
+        return pd.DataFrame(rows)
+
+    def to_text(self, top: int = 10) -> str:
+        """The (feature set x head) table, the top candidates and the choice, as text."""
+        shown = self.summary_table()
+        shown["mean +/- std"] = [f"{m:.4f} +/- {s:.4f}" if np.isfinite(m) else "failed"
+                                 for m, s in zip(shown["mean"], shown["std"])]
+        shown = shown.drop(columns=["mean", "std", "layer", "pooling"])
+        top_rows = self.table.sort_values("rank").head(top)
+        cols = ["rank", "feature_set", "head", "params", f"{self.scoring}_mean",
+                f"{self.scoring}_std", "fit_time"]
+        cv = self.best_cv
+        lines = [
+            f"Cross-validated {self.scoring} ({cv.n_repeats} x {cv.n_splits}-fold, "
+            f"{len(self.candidates)} candidates), best parameters per feature set and head:",
+            format_frame(shown.set_index(["feature_set", "head"])),
+            "",
+            f"Top {len(top_rows)} candidates:",
+            format_frame(top_rows[cols].set_index("rank")),
+            "",
+            f"Chosen: feature set {feature_set_name(self.best_feature_set)!r}, head "
+            f"{self.best_head!r}, {_params_text(self.best_params) or 'default parameters'}",
+            format_scores(cv.mean_scores(), cv.std_scores()),
+        ]
+        lines += [f"  note: {note}" for note in self.notes]
+        if self.nested is not None:
+            lines += ["", self.nested.to_text()]
+        return "\n".join(lines)
+
+
+@dataclass
+class NestedCVResult(CVResult):
+    """Nested cross-validation: outer-fold scores of the whole selection procedure.
+
+    ``fold_scores`` has, besides the scores, the configuration chosen on each outer training
+    part (``feature_set``, ``head``, ``params``) and its inner score (``inner_score``).
+    """
+
+    def to_text(self) -> str:
+        """Outer scores and the choice made in every outer fold."""
+        cols = ["repeat", "fold", "feature_set", "head", "params", "inner_score",
+                "balanced_accuracy", "accuracy"]
+        lines = [
+            f"Nested cross-validation ({self.n_repeats} x {self.n_splits}-fold outer): unbiased "
+            "estimate of the whole selection procedure",
+            format_scores(self.mean_scores(), self.std_scores()),
+            format_frame(self.fold_scores[cols].set_index(["repeat", "fold"])),
+        ]
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def _table(keys, candidates, evaluation, split_ids, crit_rank_index) -> pd.DataFrame:
+    means, stds = _nan_summaries(evaluation, split_ids)
+    rows = []
+    for i, cand in enumerate(candidates):
+        key = keys[cand.feature_set]
+        row = {
+            "feature_set": feature_set_name(key),
+            "layer": key[0] if isinstance(key, tuple) else None,
+            "pooling": key[1] if isinstance(key, tuple) and len(key) > 1 else None,
+            "head": cand.head,
+            "params": _params_text(cand.params),
+            "C": float(cand.params["C"]) if isinstance(cand.params.get("C"), float | int)
+            else np.nan,
+        }
+        for j, name in enumerate(SCORE_NAMES):
+            row[f"{name}_mean"] = means[i, j]
+            row[f"{name}_std"] = stds[i, j]
+        row["fit_time"] = float(np.nanmean(evaluation.fit_times[i, split_ids])) \
+            if np.isfinite(evaluation.fit_times[i, split_ids]).any() else np.nan
+        row["error"] = evaluation.errors.get(i)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["rank"] = crit_rank_index
+    return table
+
+
+def _ranks(crit: np.ndarray, best: int) -> np.ndarray:
+    """Rank 1 for the chosen candidate, then by decreasing criterion (stable)."""
+    order = [best] + [i for i in np.argsort(-crit, kind="stable") if i != best]
+    ranks = np.empty(len(crit), dtype=int)
+    ranks[order] = np.arange(1, len(crit) + 1)
+    return ranks
+
+
+def _warn_edges(candidates, best: int) -> list[str]:
+    """A note when the chosen C is at the end of its grid (the grid may be too narrow)."""
+    cand = candidates[best]
+    c = cand.params.get("C")
+    if not isinstance(c, float | int):
+        return []
+    grid = sorted(k.params["C"] for k in candidates
+                  if k.feature_set == cand.feature_set and k.head == cand.head
+                  and isinstance(k.params.get("C"), float | int))
+    if len(grid) > 2 and c in (grid[0], grid[-1]):
+        end = "smallest" if c == grid[0] else "largest"
+        note = (f"the chosen C={c:.3g} is the {end} value of the {cand.head} grid: consider "
+                "extending the grid")
+        logger.warning(note)
+        return [note]
+    return []
+
+
+def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HEADS,
+                 param_grids: Mapping | None = None, probability: bool = False,
+                 scoring: str = "balanced_accuracy", n_splits: int = 5, n_repeats: int = 3,
+                 random_state: int = 0, nested: bool = False, outer_splits: int = 5,
+                 n_jobs: int | None = None, verbose: int = 0) -> SelectionResult:
+    """Choose feature set, head and parameters by repeated stratified cross-validation.
+
+    Give this function training data only: everything it returns is measured on it.
+
+    Parameters
+    ----------
+    feature_sets : mapping of key to array-like of shape (n_samples, n_features_i), or array
+        Candidate feature matrices, one per (layer, pooling), all with the same rows. Keys are
+        names or ``(layer, pooling)`` tuples (then recorded as such). A wide matrix from a
+        multi-layer extraction can be cut with :func:`split_columns`. A single matrix is
+        treated as ``{"features": X}``.
+    y : array-like of shape (n_samples,)
+        Class labels (strings or integers).
+    heads : sequence of str or mapping of str to estimator, default=("logreg", "linear_svm", "rbf_svm")
+        Registered head names (see :func:`~classify.heads.list_heads`), or a mapping of name to
+        an unfitted estimator (or ``None`` for a registered head).
+    param_grids : mapping of str to dict, default=None
+        Grid per head name, e.g. ``{"logreg": {"C": np.logspace(-4, 2, 13)}}``. Registered heads
+        default to :func:`~classify.heads.default_param_grid` (keys are :func:`make_head`
+        keyword arguments); custom estimators default to no search (keys are their
+        ``set_params`` names).
+    probability : bool, default=False
+        Calibrate the SVM heads so that every candidate has ``predict_proba`` (and a log loss).
+        The cross-validation then measures the calibrated models, as they will be deployed.
+    scoring : {"balanced_accuracy", "accuracy", "f1_macro", "log_loss"}, default="balanced_accuracy"
+        The score that decides. ``"log_loss"`` considers only heads with probabilities.
+    n_splits : int, default=5
+        Folds per repeat (reduced for small classes, see
+        :class:`~classify.splits.AdaptiveStratifiedKFold`).
+    n_repeats : int, default=3
+        Repeats of the k-fold with different shuffles (more repeats, less noisy choice).
+    random_state : int, default=0
+        Seed of the splits.
+    nested : bool, default=False
+        Also run :func:`nested_cross_validate` (``outer_splits`` folds) and store it in
+        ``result.nested``: an unbiased estimate of the whole procedure, at ``outer_splits``
+        times the cost.
+    outer_splits : int, default=5
+        Outer folds of the nested cross-validation.
+    n_jobs : int, default=None
+        Workers of ``joblib.Parallel`` (one task per feature set and split). Inside
+        ``with joblib.parallel_backend("dask"):`` the tasks go to a Dask cluster.
+    verbose : int, default=0
+        joblib verbosity.
+
+    Returns
+    -------
+    SelectionResult
+
+    Raises
+    ------
+    ValueError
+        Invalid parameters, non-finite features, fewer than 2 classes, or every candidate failed.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> X, y = load_digits(return_X_y=True)
+    >>> result = select_model({"pixels": X[:300]}, y[:300], heads=["logreg"],
+    ...                       param_grids={"logreg": {"C": [0.01, 1.0]}}, n_repeats=1)
+    >>> result.best_head
+    'logreg'
+    """
+    scoring = _check_scoring(scoring)
+    classes, codes = encode_labels(y)
+    keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
+    candidates = _build_candidates(len(arrays), heads, param_grids, probability)
+    splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
+    evaluation = _engine.evaluate(arrays, codes, candidates, splits, n_jobs=n_jobs,
+                                  verbose=verbose)
+    split_ids = list(range(len(splits)))
+    means, _ = _nan_summaries(evaluation, split_ids)
+    crit = _criterion(means, scoring)
+    best = _choose(crit, candidates)
+    notes = list(plan.notes) + _warn_edges(candidates, best)
+    if evaluation.errors:
+        first = next(iter(evaluation.errors.items()))
+        notes.append(f"{len(evaluation.errors)} candidates failed on some fold and were skipped "
+                     f"(first: {candidates[first[0]].head} {_params_text(candidates[first[0]].params)}: "
+                     f"{first[1]})")
+        logger.warning(notes[-1])
+    result = SelectionResult(
+        table=_table(keys, candidates, evaluation, split_ids, _ranks(crit, best)),
+        keys=keys, candidates=candidates, best_index=best,
+        best_cv=build_cv_result(evaluation, best, splits, split_ids, classes, codes, plan,
+                                n_repeats, random_state),
+        classes=classes, scoring=scoring, notes=tuple(notes),
+    )
+    logger.info("selected %s / %s %s: %s = %.4f", feature_set_name(result.best_feature_set),
+                result.best_head, _params_text(result.best_params), scoring, result.best_score)
+    if nested:
+        result.nested = nested_cross_validate(
+            dict(zip(keys, arrays)), y, heads=heads, param_grids=param_grids,
+            probability=probability, scoring=scoring, n_splits=n_splits, n_repeats=n_repeats,
+            random_state=random_state, outer_splits=outer_splits, n_jobs=n_jobs, verbose=verbose)
+    return result
+
+
+def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HEADS,
+                          param_grids: Mapping | None = None, probability: bool = False,
+                          scoring: str = "balanced_accuracy", n_splits: int = 5,
+                          n_repeats: int = 3, random_state: int = 0, outer_splits: int = 5,
+                          outer_repeats: int = 1, n_jobs: int | None = None,
+                          verbose: int = 0) -> NestedCVResult:
+    """Unbiased estimate of :func:`select_model`'s whole procedure by nested cross-validation.
+
+    In every outer fold, the selection (feature set, head, parameters, by inner repeated
+    stratified k-fold) runs on the outer training part only; the chosen configuration is refitted
+    on that part and scored on the outer test part, which the selection never saw.
+
+    Parameters
+    ----------
+    feature_sets, y, heads, param_grids, probability, scoring, n_splits, n_repeats, random_state
+        As in :func:`select_model` (``n_splits`` and ``n_repeats`` are the inner ones).
+    outer_splits : int, default=5
+        Outer folds (reduced for small classes like the inner ones).
+    outer_repeats : int, default=1
+        Repeats of the outer k-fold.
+    n_jobs, verbose
+        As in :func:`select_model`. All inner tasks of all outer folds form one parallel batch.
+
+    Returns
+    -------
+    NestedCVResult
+        ``fold_scores`` holds the outer scores and the choice made in each outer fold.
+    """
+    scoring = _check_scoring(scoring)
+    classes, codes = encode_labels(y)
+    keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
+    candidates = _build_candidates(len(arrays), heads, param_grids, probability)
+    outer_cv = AdaptiveStratifiedKFold(outer_splits, n_repeats=outer_repeats,
+                                       random_state=random_state)
+    outer_plan = outer_cv.plan(codes)
+    outer = list(outer_cv.split(y=codes))
+    inner_splits, owner = [], []
+    for o, (train, _) in enumerate(outer):
+        splits, _ = make_splits(codes[train], n_splits, n_repeats, random_state)
+        inner_splits += [(train[tr], train[te]) for tr, te in splits]
+        owner += [o] * len(splits)
+    evaluation = _engine.evaluate(arrays, codes, candidates, inner_splits, n_jobs=n_jobs,
+                                  verbose=verbose)
+    owner = np.asarray(owner)
+    chosen = []
+    for o in range(len(outer)):
+        means, _ = _nan_summaries(evaluation, np.flatnonzero(owner == o))
+        crit = _criterion(means, scoring)
+        best = _choose(crit, candidates)
+        chosen.append((best, float(means[best, SCORE_NAMES.index(scoring)])))
+    n_classes = len(classes)
+    refits = Parallel(n_jobs=n_jobs, verbose=verbose)(
+        delayed(_engine._evaluate_fold)(arrays[candidates[b].feature_set], codes, train, test,
+                                        [candidates[b].estimator], n_classes)
+        for (b, _), (train, test) in zip(chosen, outer))
+    rows = []
+    oof = np.full((outer_repeats, len(codes)), -1, dtype=np.int64)
+    for k, ((b, inner), (train, test), (scores, times, preds, errors, _)) in enumerate(
+            zip(chosen, outer, refits)):
+        if errors:
+            raise ValueError(f"The chosen configuration failed to fit on outer fold {k}: "
+                             f"{errors[0]}")
+        cand = candidates[b]
+        row = {"repeat": k // outer_plan.n_splits, "fold": k % outer_plan.n_splits,
+               "n_test": len(test), "feature_set": feature_set_name(keys[cand.feature_set]),
+               "head": cand.head, "params": _params_text(cand.params), "inner_score": inner}
+        row.update(zip(SCORE_NAMES, scores[0]))
+        row["fit_time"] = times[0]
+        rows.append(row)
+        oof[k // outer_plan.n_splits, test] = preds[0]
+    return NestedCVResult(classes=classes, y=codes, fold_scores=pd.DataFrame(rows),
+                          oof_predictions=oof, n_splits=outer_plan.n_splits,
+                          n_repeats=outer_repeats, random_state=random_state,
+                          notes=outer_plan.notes)
