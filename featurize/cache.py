@@ -642,6 +642,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+_PROVENANCE_ATTRS = ("created", "featurize_version", "feature_version", "torch_version",
+                     "torchvision_version", "numpy_version", "h5py_version", "hdf5_version")
+
+
 def _provenance() -> dict[str, Any]:
     h5py = _h5py()
     return {
@@ -821,7 +825,13 @@ class FeatureCache:
             os.close(fd)
 
     def _recover_now(self) -> None:
-        fd = self._open_fd(writable=True)
+        try:
+            fd = self._open_fd(writable=True)
+        except CacheError as exc:
+            raise CacheError(
+                f"cache file {self._file!r} has an interrupted write to complete (from "
+                f"{_journal_path(self._file)!r}), which needs write access: {exc}"
+            ) from exc
         try:
             _flock(fd, self._file, exclusive=True, timeout=self.lock_timeout)
             _recover(self._file, fd, self.fsync)
@@ -1173,9 +1183,7 @@ class FeatureCache:
                     "nbytes": sum(int(d.id.get_storage_size()) for d in grp.values()
                                   if isinstance(d, _h5py().Dataset)),
                 }
-                for name in ("created", "featurize_version", "feature_version",
-                             "torch_version", "torchvision_version", "numpy_version",
-                             "h5py_version", "hdf5_version"):
+                for name in _PROVENANCE_ATTRS:
                     value = grp.attrs.get(name)
                     info[name] = value.item() if isinstance(value, np.generic) else value
                 out.append(info)
@@ -1304,7 +1312,7 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
         cid = conf["id"]
         per = counts["per_config"].setdefault(cid, {"added": 0, "skipped": 0})
         attrs = cache._group_attrs(cid)
-        provenance = {k: attrs[k] for k in _provenance() if k in attrs}
+        provenance = {k: attrs[k] for k in _PROVENANCE_ATTRS if k in attrs}
         if conf["width"] is not None and conf["count"]:
             step = max(1, _MERGE_SLICE_BYTES // (conf["width"] * np.dtype(conf["dtype"]).itemsize))
             for start in range(0, conf["count"], step):
@@ -1316,13 +1324,13 @@ def merge_caches(sources: Sequence[str | os.PathLike], out: str | os.PathLike, *
         failures = cache.failures(conf["config"])
         if failures:
             before = len(target.failures(conf["config"]))
-            done = target._has_keys(cid, list(failures))  # extracted since: not a failure
-            todo = {k: v for k, v in zip(failures, failures.values()) if k}
-            todo = {k: v for (k, v), hit in zip(todo.items(), done) if not hit}
+            items = list(failures.items())
+            done = target._has_keys(cid, [key for key, _ in items])  # extracted in `out`
+            todo = [(key, record) for (key, record), hit in zip(items, done) if not hit]
             if todo:
-                target.record_failures(conf["config"], list(todo),
-                                       [v[0] for v in todo.values()],
-                                       [v[1] for v in todo.values()])
+                target.record_failures(conf["config"], [key for key, _ in todo],
+                                       [path for _, (path, _) in todo],
+                                       [reason for _, (_, reason) in todo])
             counts["failures_added"] += len(target.failures(conf["config"])) - before
     counts["rows_added"] = sum(p["added"] for p in counts["per_config"].values())
     counts["rows_skipped"] = sum(p["skipped"] for p in counts["per_config"].values())

@@ -418,6 +418,8 @@ def _open_path(source: str | os.PathLike[str], name: str) -> Iterator[IO[bytes]]
         raise
     except OSError as exc:
         raise ImageDecodeError(name, _os_error_reason(path, exc)) from exc
+    except ValueError as exc:  # "embedded null byte"
+        raise ImageDecodeError(name, f"invalid path ({exc})") from exc
     with fp:
         yield fp
 

@@ -137,8 +137,8 @@ def _convert(key: str, kind: str, value: Any, base: str, path: str) -> Any:
     if kind == "path":
         return _resolve(base, value)
     if kind == "weights":
-        weights = parse_weights(value)
-        return _resolve(base, weights) if weights and _looks_like_path(weights) else weights
+        weights = parse_weights(value)  # "none" stays a string until the Extractor is built
+        return _resolve(base, weights) if weights and _looks_like_path(weights) else value
     if kind == "shard":
         return parse_shard(value)
     if kind == "scheduler" and value.endswith(".json"):

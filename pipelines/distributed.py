@@ -30,6 +30,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -278,7 +279,8 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
     -------
     counts : dict
         ``extracted``, ``cached``, ``duplicates``, ``failed``, ``stopped``, ``partitions``,
-        ``lost_partitions``.
+        ``lost_partitions`` and ``seconds`` (from submission to the last result: the workers'
+        model loading is included, the cluster start and the merge are not).
 
     Raises
     ------
@@ -298,13 +300,15 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
         logger.warning("merged the part files an earlier, interrupted run left in %s.",
                        parts_dir)
     totals: dict[str, Any] = {"extracted": 0, "cached": 0, "duplicates": 0, "failed": 0,
-                              "stopped": False, "partitions": 0, "lost_partitions": 0}
+                              "stopped": False, "partitions": 0, "lost_partitions": 0,
+                              "seconds": 0.0}
     partitions = _partitions(paths, spec.partition_size)
     totals["partitions"] = len(partitions)
     error: BaseException | None = None
     local = False
     if partitions:
         with connect(spec.scheduler) as (client, local):
+            t0 = time.monotonic()
             token = uuid.uuid4().hex[:12]
             futures = client.map(
                 extract_partition, partitions,
@@ -351,6 +355,7 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
                     future.release()
             if remaining:
                 client.cancel(list(remaining))
+            totals["seconds"] = time.monotonic() - t0
     # The local cluster is gone here, so nobody writes the parts any more; on a remote
     # cluster cancelled tasks may still be finishing, so their parts stay (merged next run).
     keep = (totals["stopped"] or error is not None) and not local

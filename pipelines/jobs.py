@@ -92,7 +92,8 @@ class JobSpec:
     cache : str
         Target HDF5 cache. With ``shard`` the job writes ``shard_cache_path(cache, shard)``.
     backbone, weights, layers, pooling, device, precision
-        The :class:`featurize.extraction.Extractor` options; ``weights=None`` is a random init.
+        The :class:`featurize.extraction.Extractor` options; ``weights`` None or ``"none"`` is
+        a random initialisation.
     batch_size : int, default=32
         Images per forward pass.
     workers : int or None, default=None
@@ -189,7 +190,7 @@ class JobSpec:
 
     def extractor_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`featurize.extraction.Extractor` (JSON-able)."""
-        return {"backbone": self.backbone, "weights": self.weights,
+        return {"backbone": self.backbone, "weights": parse_weights(self.weights),
                 "layer": list(self.layers) if self.layers else None, "pooling": self.pooling,
                 "device": self.device, "precision": self.precision}
 
@@ -459,6 +460,7 @@ class FailureManifest:
     def __init__(self, path: str | None) -> None:
         self.path = path
         self.count = 0
+        self.examples: list[tuple[str, str]] = []  # the first few, for messages
         self._fh = None
         self._writer = None
         if path is not None:
@@ -474,6 +476,8 @@ class FailureManifest:
     def add(self, path: str, reason: str) -> None:
         """Record one failed input."""
         self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append((path, reason))
         if self._writer is not None:
             self._writer.writerow([path, reason])
             self._fh.flush()
@@ -504,13 +508,23 @@ class JobSummary:
     cached : int
         Images whose features were already in the cache.
     duplicates : int
-        Inputs with the same content as another input of this run (computed once).
+        Inputs with the same content as an input being computed at the same moment (computed
+        once). A copy of an image this run wrote a while ago is found in the cache and counts
+        as ``cached``: telling the two apart would need a set of every key of the run.
     failed : int
         Inputs that could not be featurized (including failures recorded by earlier runs).
     elapsed_s : float
-        Wall-clock seconds.
+        Wall-clock seconds of the whole job (listing, model loading, merging included).
+    extract_s : float
+        Seconds of the extraction loop itself (the model loaded).
     interrupted : bool
         The job was stopped before the end (Ctrl-C, SIGTERM); re-run it to finish.
+    cache, failures_file, shard, scheduler : str or None
+        What the job wrote and how it ran.
+    peak_rss_bytes : int or None
+        Peak resident memory of the job's own process.
+    first_failures : list of (str, str)
+        The first five ``(path, reason)`` failures (all of them are in the manifest).
     """
 
     total: int = 0
@@ -519,17 +533,19 @@ class JobSummary:
     duplicates: int = 0
     failed: int = 0
     elapsed_s: float = 0.0
+    extract_s: float = 0.0
     interrupted: bool = False
     cache: str | None = None
     failures_file: str | None = None
     shard: str | None = None
     scheduler: str | None = None
     peak_rss_bytes: int | None = None
+    first_failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
-        """Throughput of new extraction: ``extracted / elapsed_s``."""
-        return self.extracted / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Throughput of new extraction: ``extracted / extract_s``."""
+        return self.extracted / self.extract_s if self.extract_s > 0 else 0.0
 
     @property
     def missing(self) -> int:
@@ -542,6 +558,7 @@ class JobSummary:
         out["images_per_s"] = round(self.images_per_s, 3)
         out["missing"] = self.missing
         out["elapsed_s"] = round(self.elapsed_s, 3)
+        out["extract_s"] = round(self.extract_s, 3)
         return out
 
     def text(self) -> str:
@@ -562,8 +579,8 @@ class JobSummary:
         if self.missing:
             lines.append(f"  not done yet     {self.missing:>10,}  (run the same command again"
                          " to resume)")
-        lines.append(f"  elapsed {_duration(self.elapsed_s)}, {self.images_per_s:.1f} images/s"
-                     " extracted")
+        lines.append(f"  elapsed {_duration(self.elapsed_s)}; {self.images_per_s:.1f} images/s"
+                     " extracted (model loading excluded)")
         return "\n".join(lines)
 
 
@@ -781,12 +798,14 @@ def stream_extract(paths: Sequence[str], extractor, cache, *, read_caches: Seque
     Returns
     -------
     counts : dict
-        ``extracted``, ``cached``, ``duplicates``, ``failed`` and ``stopped`` (bool).
+        ``extracted``, ``cached``, ``duplicates``, ``failed``, ``stopped`` (bool) and
+        ``seconds`` (of this call).
     """
     from torch.utils.data import DataLoader
 
     from featurize.data import collate
 
+    t0 = time.monotonic()
     stream = _Stream(list(paths) if not isinstance(paths, list) else paths, extractor, cache,
                      list(read_caches), retry_failed, chunk_size, progress or Progress(),
                      on_failure or (lambda path, reason: None), should_stop or (lambda: False))
@@ -805,6 +824,7 @@ def stream_extract(paths: Sequence[str], extractor, cache, *, read_caches: Seque
                 break
     counts = asdict(stream.counts)
     counts["stopped"] = stream.stopped
+    counts["seconds"] = time.monotonic() - t0
     return counts
 
 
@@ -869,9 +889,14 @@ def run_job(spec: JobSpec, *, progress: Progress | str = "auto",
     for name in ("extracted", "cached", "duplicates", "failed"):
         setattr(summary, name, counts[name])
     summary.interrupted = bool(counts["stopped"])
+    summary.extract_s = counts["seconds"]
+    summary.first_failures = list(manifest.examples)
     summary.elapsed_s = time.monotonic() - t0
     summary.peak_rss_bytes = peak_rss_bytes()
-    logger.info("extract: %s", summary.text().replace("\n", ";"))
+    logger.info("extract: %s %s images: %d extracted, %d from cache, %d duplicates, %d failed"
+                " in %s", "stopped after" if summary.interrupted else "done,", f"{summary.total:,}",
+                summary.extracted, summary.cached, summary.duplicates, summary.failed,
+                _duration(summary.elapsed_s))
     return summary
 
 

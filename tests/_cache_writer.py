@@ -7,7 +7,8 @@ left by a killed writer bit for bit, and a re-run resumes where the killed one s
 
 ``--slow`` stretches the window in which the cache file itself is modified (applying the
 journal) so that a SIGKILL at a random moment often lands inside it; ``--die-in-apply K``
-SIGKILLs the process half-way through applying its K-th commit.
+SIGKILLs the process half-way through applying its K-th commit; ``--wait`` waits for a line
+on stdin after ``ready``, so that a test can start several writers at the same moment.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--slow", action="store_true")
     parser.add_argument("--die-in-apply", type=int, default=0)
+    parser.add_argument("--wait", action="store_true",
+                        help="after 'ready', wait for a line on stdin (a start barrier)")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = cache_module.FeatureCache(args.path, dtype=args.dtype, lock_timeout=30)
     start, stop, *step = (int(x) for x in args.batches.split(":"))
     print("ready", flush=True)
+    if args.wait:
+        sys.stdin.readline()
     for index in range(start, stop, step[0] if step else 1):
         keys, features, paths = make_batch(index, args.batch_size, args.width)
         cache.write(CONFIG, keys, features, paths)

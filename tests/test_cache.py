@@ -503,25 +503,34 @@ def test_open_h5py_handle_blocks_writers(tmp_path):
 
 def test_two_concurrent_writer_processes(tmp_path):
     path = tmp_path / "shared.h5"
-    bs, width = 8, 32
+    bs, width, n = 8, 32, 120
     cmd = [sys.executable, str(WRITER), str(path), "--batch-size", str(bs), "--width",
-           str(width)]
+           str(width), "--wait"]
+    # Both write batches 40..119, one upwards and one downwards, started together.
     procs = [subprocess.Popen(cmd + ["--batches", spec], env=subprocess_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for spec in ("0:60", "59:19:-1")]  # overlapping: batches 20..59 written by both
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for spec in (f"0:{n}", f"{n - 1}:39:-1")]
+    for proc in procs:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    finished = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
+        finished.append(out.split())
+    assert len(finished[0]) == n and len(finished[1]) == n - 40
     keys, paths, feats = FeatureCache(path).export(WRITER_CONFIG)
-    assert len(keys) == len(set(keys.tolist())) == 60 * bs  # all there, no duplicates
-    want_keys, want_feats, want_paths = expected_rows(range(60), bs, width)
-    order = np.argsort(keys)
-    want_order = np.argsort(np.array(want_keys))
+    assert len(keys) == len(set(keys.tolist())) == n * bs  # all there, no duplicates
+    want_keys, want_feats, want_paths = expected_rows(range(n), bs, width)
+    order, want_order = np.argsort(keys), np.argsort(np.array(want_keys))
     assert keys[order].tolist() == np.array(want_keys)[want_order].tolist()
     np.testing.assert_array_equal(feats[order], want_feats[want_order])
     assert paths[order].tolist() == np.array(want_paths)[want_order].tolist()
     with h5py.File(path, "r") as f:  # no rows beyond the committed ones were left over
-        assert f[f"configs/{config_id(WRITER_CONFIG)}/keys"].shape == (60 * bs,)
+        assert f[f"configs/{config_id(WRITER_CONFIG)}/keys"].shape == (n * bs,)
 
 
 # ------------------------------------------------------------------------------ crash safety

@@ -274,6 +274,13 @@ def test_path_inside_a_file(corpus: dict[str, CorpusItem]) -> None:
         load_image(os.path.join(corpus["jpeg"].source, "x.jpg"))
 
 
+@pytest.mark.parametrize(("path", "reason"), [("", "file not found"),
+                                              ("a\0b.jpg", "invalid path (embedded null byte)")])
+def test_invalid_paths(path: str, reason: str) -> None:
+    with pytest.raises(ImageDecodeError, match=re.escape(reason)):
+        load_image(path)
+
+
 def test_pathlike_and_symlinked_file(corpus: dict[str, CorpusItem], tmp_path: Path) -> None:
     corpus["jpeg"].verify(load_image(Path(corpus["jpeg"].source)))
     link = tmp_path / "link.jpg"
