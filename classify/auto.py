@@ -18,16 +18,26 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.heads import make_head
 from classify.selection import DEFAULT_HEADS, feature_set_name, select_model
 
 __all__ = ["AutoClassifier"]
 
 
-def _best_has(attr: str):
+def _heads_have(attr: str):
+    """``available_if`` test: every candidate head has ``attr``, so the answer is the same
+    before and after ``fit`` whichever head wins."""
+
     def check(self) -> bool:
-        if hasattr(self, "best_estimator_"):
-            return hasattr(self.best_estimator_, attr)
-        return True  # unknown before fit: the chosen head decides
+        heads = self.heads
+        if isinstance(heads, str):
+            heads = (heads,)
+        items = heads.items() if isinstance(heads, Mapping) else ((name, None) for name in heads)
+        try:
+            return all(hasattr(make_head(name, probability=self.probability) if est is None
+                               else est, attr) for name, est in items)
+        except ValueError:  # an invalid head: fit will say so
+            return False
 
     return check
 
@@ -74,6 +84,8 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         Repeats of the inner cross-validation.
     random_state : int, default=0
         Seed of the splits.
+    rule : {"one_se", "best"}, default="one_se"
+        Choice rule (see :func:`~classify.selection.select_model`).
     n_jobs : int, default=None
         ``joblib.Parallel`` workers for the cross-validation.
 
@@ -97,7 +109,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, feature_sets=None, heads=DEFAULT_HEADS, param_grids=None,
                  probability=False, scoring="balanced_accuracy", n_splits=5, n_repeats=3,
-                 random_state=0, n_jobs=None):
+                 random_state=0, rule="one_se", n_jobs=None):
         self.feature_sets = feature_sets
         self.heads = heads
         self.param_grids = param_grids
@@ -106,6 +118,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         self.n_splits = n_splits
         self.n_repeats = n_repeats
         self.random_state = random_state
+        self.rule = rule
         self.n_jobs = n_jobs
 
     def _blocks(self, n_features: int) -> dict:
@@ -142,7 +155,8 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         self.selection_ = select_model(
             sets, y, heads=self.heads, param_grids=self.param_grids,
             probability=self.probability, scoring=self.scoring, n_splits=self.n_splits,
-            n_repeats=self.n_repeats, random_state=self.random_state, n_jobs=self.n_jobs)
+            n_repeats=self.n_repeats, random_state=self.random_state, rule=self.rule,
+            n_jobs=self.n_jobs)
         chosen = self.selection_.best_feature_set
         self.best_feature_set_ = None if self.feature_sets is None else chosen
         self.best_columns_ = blocks[self.best_feature_set_]
@@ -160,14 +174,18 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X):
         """Predicted class of each row of ``X``."""
-        return self.best_estimator_.predict(self._block(X))
+        X = self._block(X)
+        return self.best_estimator_.predict(X)
 
-    @available_if(_best_has("predict_proba"))
+    @available_if(_heads_have("predict_proba"))
     def predict_proba(self, X):
-        """Class probabilities (only if the chosen head has them)."""
-        return self.best_estimator_.predict_proba(self._block(X))
+        """Class probabilities (available when every candidate head has them: logreg, or
+        ``probability=True``)."""
+        X = self._block(X)
+        return self.best_estimator_.predict_proba(X)
 
-    @available_if(_best_has("decision_function"))
+    @available_if(_heads_have("decision_function"))
     def decision_function(self, X):
-        """Decision function of the chosen head."""
-        return self.best_estimator_.decision_function(self._block(X))
+        """Decision function of the chosen head (not for calibrated SVMs)."""
+        X = self._block(X)
+        return self.best_estimator_.decision_function(X)

@@ -6,10 +6,12 @@
 cross-validation, which gives an unbiased estimate of what the selection procedure achieves on
 new data (the inner winner's score is optimistic: it is a maximum over many noisy estimates).
 
-Choice rule: the highest mean score over all folds and repeats. Ties (equal means, common with
-accuracy on small data) are broken by the mean of the candidate and its neighbours on the C grid
-(the centre of a plateau is preferred to its edge), then by the order of the candidates: feature
-sets as given, heads as given, C ascending (the more regularized first).
+Choice rules. First the candidate with the highest mean score over all folds and repeats; ties
+(equal means, common with accuracy on small data) are broken by the mean of the candidate and
+its neighbours on the C grid (the centre of a plateau is preferred to its edge), then by the
+order of the candidates: feature sets as given, heads as given, C ascending. With
+``rule="one_se"`` (default) the C of that (feature set, head) is then moved to the smallest C
+whose mean score is within one standard error of the best (the one-standard-error rule).
 """
 
 from __future__ import annotations
@@ -114,10 +116,10 @@ def _build_candidates(n_sets: int, heads, param_grids, probability: bool):
     if not heads:
         raise ValueError("heads is empty: give at least one head name.")
     param_grids = dict(param_grids or {})
-    unknown = set(param_grids) - set(heads)
-    if unknown:
-        raise ValueError(f"param_grids has grids for {sorted(unknown)}, which are not in heads "
-                         f"({sorted(heads)}).")
+    unknown = set(param_grids) - set(heads) - set(HEADS)
+    if unknown:  # grids of registered heads left out of `heads` are simply unused
+        raise ValueError(f"param_grids has grids for {sorted(unknown)}, which are neither in "
+                         f"heads ({sorted(heads)}) nor registered heads ({sorted(HEADS)}).")
     per_head = []
     for name, estimator in heads.items():
         if estimator is None and name not in HEADS:
@@ -155,23 +157,61 @@ def _criterion(means: np.ndarray, scoring: str) -> np.ndarray:
     return np.where(np.isfinite(crit), crit, -np.inf)
 
 
-def _choose(crit: np.ndarray, candidates) -> int:
-    """Index of the best candidate (see the module docstring for the tie rule)."""
-    if not np.isfinite(crit).any():
-        raise ValueError("Every candidate failed (or has no value for the chosen score).")
-    smoothed = crit.copy()
+def _c_groups(candidates) -> dict:
+    """Candidates that differ only by C, as lists of indices sorted by increasing C."""
     groups: dict = {}
     for i, cand in enumerate(candidates):
-        other = tuple(sorted((k, repr(v)) for k, v in cand.params.items() if k != "C"))
         if isinstance(cand.params.get("C"), float | int):
+            other = tuple(sorted((k, repr(v)) for k, v in cand.params.items() if k != "C"))
             groups.setdefault((cand.feature_set, cand.head, other), []).append(i)
     for members in groups.values():
         members.sort(key=lambda i: candidates[i].params["C"])
+    return groups
+
+
+def _choose(crit: np.ndarray, candidates, se: np.ndarray | None = None) -> int:
+    """Index of the chosen candidate (see the module docstring for the rules).
+
+    ``se`` (standard errors of ``crit``) selects the one-standard-error rule; None the best.
+    """
+    if not np.isfinite(crit).any():
+        raise ValueError("Every candidate failed (or has no value for the chosen score).")
+    groups = _c_groups(candidates)
+    smoothed = crit.copy()
+    for members in groups.values():
         for j, i in enumerate(members):
             window = crit[members[max(0, j - 1):j + 2]]
             smoothed[i] = window[np.isfinite(window)].mean() if np.isfinite(crit[i]) else -np.inf
     tied = np.flatnonzero(crit >= crit.max() - 1e-9)
-    return int(tied[np.argmax(smoothed[tied])])
+    best = int(tied[np.argmax(smoothed[tied])])
+    if se is None or not np.isfinite(se[best]):
+        return best
+    for members in groups.values():
+        if best in members:
+            threshold = crit[best] - se[best]
+            return next(i for i in members if crit[i] >= threshold)
+    return best
+
+
+RULES = ("one_se", "best")
+
+
+def _check_rule(rule: str) -> str:
+    if rule not in RULES:
+        raise ValueError(f"The 'rule' parameter must be one of {list(RULES)}. Got {rule!r} "
+                         "instead.")
+    return rule
+
+
+def _decide(means, stds, candidates, scoring: str, rule: str, n_splits: int):
+    """Return (chosen index, criterion per candidate) under ``rule``."""
+    crit = _criterion(means, scoring)
+    se = None
+    if rule == "one_se":
+        # Standard error of a mean over k folds; repeats are not independent of each other, so
+        # they do not shrink it (conservative).
+        se = stds[:, SCORE_NAMES.index(scoring)] / np.sqrt(n_splits)
+    return _choose(crit, candidates, se), crit
 
 
 def _nan_summaries(evaluation, split_ids):
@@ -209,6 +249,10 @@ class SelectionResult:
         Class labels.
     scoring : str
         The score that decided.
+    rule : {"one_se", "best"}
+        The choice rule (see :func:`select_model`).
+    notes : tuple of str
+        What was adapted or worth knowing (fewer folds, C at a grid edge, failed candidates).
     nested : NestedCVResult or None
         Nested cross-validation of the whole procedure, when asked for.
     """
@@ -220,6 +264,7 @@ class SelectionResult:
     best_cv: CVResult
     classes: np.ndarray
     scoring: str
+    rule: str = "one_se"
     notes: tuple = field(default_factory=tuple)
     nested: NestedCVResult | None = None
 
@@ -277,11 +322,16 @@ class SelectionResult:
         score = _check_scoring(score or self.scoring)
         table = self.table
         rows = []
-        crit_all = _criterion(table[[f"{s}_mean" for s in SCORE_NAMES]].to_numpy(), self.scoring)
+        means = table[[f"{s}_mean" for s in SCORE_NAMES]].to_numpy()
+        stds = table[[f"{s}_std" for s in SCORE_NAMES]].to_numpy()
         for (fs, head), group in table.groupby(["feature_set", "head"], sort=False):
             index = group.index.to_numpy()
-            best = index[_choose(crit_all[index], [self.candidates[i] for i in index])] \
-                if np.isfinite(crit_all[index]).any() else index[0]
+            if np.isfinite(_criterion(means[index], self.scoring)).any():
+                best = index[_decide(means[index], stds[index],
+                                     [self.candidates[i] for i in index], self.scoring,
+                                     self.rule, self.best_cv.n_splits)[0]]
+            else:
+                best = index[0]
             rows.append({"feature_set": fs, "layer": table.loc[best, "layer"],
                          "pooling": table.loc[best, "pooling"], "head": head,
                          "params": table.loc[best, "params"],
@@ -394,8 +444,9 @@ def _warn_edges(candidates, best: int) -> list[str]:
 def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HEADS,
                  param_grids: Mapping | None = None, probability: bool = False,
                  scoring: str = "balanced_accuracy", n_splits: int = 5, n_repeats: int = 3,
-                 random_state: int = 0, nested: bool = False, outer_splits: int = 5,
-                 n_jobs: int | None = None, verbose: int = 0) -> SelectionResult:
+                 random_state: int = 0, rule: str = "one_se", nested: bool = False,
+                 outer_splits: int = 5, n_jobs: int | None = None,
+                 verbose: int = 0) -> SelectionResult:
     """Choose feature set, head and parameters by repeated stratified cross-validation.
 
     Give this function training data only: everything it returns is measured on it.
@@ -429,6 +480,13 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
         Repeats of the k-fold with different shuffles (more repeats, less noisy choice).
     random_state : int, default=0
         Seed of the splits.
+    rule : {"one_se", "best"}, default="one_se"
+        ``"best"``: the candidate with the highest mean score. ``"one_se"``: the one-standard-
+        error rule (Breiman et al. 1984; Hastie et al., *Elements of Statistical Learning*,
+        7.10): take the best (feature set, head), then its smallest C whose mean score is within
+        one standard error (fold standard deviation / sqrt(n_splits)) of the best. On small
+        data many C values are statistically tied; this picks the most regularized of them,
+        which generalizes better than the noisiest maximum.
     nested : bool, default=False
         Also run :func:`nested_cross_validate` (``outer_splits`` folds) and store it in
         ``result.nested``: an unbiased estimate of the whole procedure, at ``outer_splits``
@@ -460,6 +518,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
     'logreg'
     """
     scoring = _check_scoring(scoring)
+    rule = _check_rule(rule)
     classes, codes = encode_labels(y)
     keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
     candidates = _build_candidates(len(arrays), heads, param_grids, probability)
@@ -467,9 +526,8 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
     evaluation = _engine.evaluate(arrays, codes, candidates, splits, n_jobs=n_jobs,
                                   verbose=verbose)
     split_ids = list(range(len(splits)))
-    means, _ = _nan_summaries(evaluation, split_ids)
-    crit = _criterion(means, scoring)
-    best = _choose(crit, candidates)
+    means, stds = _nan_summaries(evaluation, split_ids)
+    best, crit = _decide(means, stds, candidates, scoring, rule, plan.n_splits)
     notes = list(plan.notes) + _warn_edges(candidates, best)
     if evaluation.errors:
         first = next(iter(evaluation.errors.items()))
@@ -482,7 +540,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
         keys=keys, candidates=candidates, best_index=best,
         best_cv=build_cv_result(evaluation, best, splits, split_ids, classes, codes, plan,
                                 n_repeats, random_state),
-        classes=classes, scoring=scoring, notes=tuple(notes),
+        classes=classes, scoring=scoring, rule=rule, notes=tuple(notes),
     )
     logger.info("selected %s / %s %s: %s = %.4f", feature_set_name(result.best_feature_set),
                 result.best_head, _params_text(result.best_params), scoring, result.best_score)
@@ -490,16 +548,17 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
         result.nested = nested_cross_validate(
             dict(zip(keys, arrays)), y, heads=heads, param_grids=param_grids,
             probability=probability, scoring=scoring, n_splits=n_splits, n_repeats=n_repeats,
-            random_state=random_state, outer_splits=outer_splits, n_jobs=n_jobs, verbose=verbose)
+            random_state=random_state, rule=rule, outer_splits=outer_splits, n_jobs=n_jobs,
+            verbose=verbose)
     return result
 
 
 def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HEADS,
                           param_grids: Mapping | None = None, probability: bool = False,
                           scoring: str = "balanced_accuracy", n_splits: int = 5,
-                          n_repeats: int = 3, random_state: int = 0, outer_splits: int = 5,
-                          outer_repeats: int = 1, n_jobs: int | None = None,
-                          verbose: int = 0) -> NestedCVResult:
+                          n_repeats: int = 3, random_state: int = 0, rule: str = "one_se",
+                          outer_splits: int = 5, outer_repeats: int = 1,
+                          n_jobs: int | None = None, verbose: int = 0) -> NestedCVResult:
     """Unbiased estimate of :func:`select_model`'s whole procedure by nested cross-validation.
 
     In every outer fold, the selection (feature set, head, parameters, by inner repeated
@@ -508,7 +567,7 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
 
     Parameters
     ----------
-    feature_sets, y, heads, param_grids, probability, scoring, n_splits, n_repeats, random_state
+    feature_sets, y, heads, param_grids, probability, scoring, n_splits, n_repeats, random_state, rule
         As in :func:`select_model` (``n_splits`` and ``n_repeats`` are the inner ones).
     outer_splits : int, default=5
         Outer folds (reduced for small classes like the inner ones).
@@ -523,6 +582,7 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
         ``fold_scores`` holds the outer scores and the choice made in each outer fold.
     """
     scoring = _check_scoring(scoring)
+    rule = _check_rule(rule)
     classes, codes = encode_labels(y)
     keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
     candidates = _build_candidates(len(arrays), heads, param_grids, probability)
@@ -530,19 +590,19 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
                                        random_state=random_state)
     outer_plan = outer_cv.plan(codes)
     outer = list(outer_cv.split(y=codes))
-    inner_splits, owner = [], []
+    inner_splits, owner, inner_k = [], [], []
     for o, (train, _) in enumerate(outer):
-        splits, _ = make_splits(codes[train], n_splits, n_repeats, random_state)
+        splits, inner_plan = make_splits(codes[train], n_splits, n_repeats, random_state)
         inner_splits += [(train[tr], train[te]) for tr, te in splits]
         owner += [o] * len(splits)
+        inner_k.append(inner_plan.n_splits)
     evaluation = _engine.evaluate(arrays, codes, candidates, inner_splits, n_jobs=n_jobs,
                                   verbose=verbose)
     owner = np.asarray(owner)
     chosen = []
     for o in range(len(outer)):
-        means, _ = _nan_summaries(evaluation, np.flatnonzero(owner == o))
-        crit = _criterion(means, scoring)
-        best = _choose(crit, candidates)
+        means, stds = _nan_summaries(evaluation, np.flatnonzero(owner == o))
+        best, _ = _decide(means, stds, candidates, scoring, rule, inner_k[o])
         chosen.append((best, float(means[best, SCORE_NAMES.index(scoring)])))
     n_classes = len(classes)
     refits = Parallel(n_jobs=n_jobs, verbose=verbose)(

@@ -915,6 +915,9 @@ class FeatureCache:
             if state.width is None:
                 return found, np.empty((0, 0), dtype=np.float32)
             self._check_dtype(cid, state, storage)
+            if _canonical_json(json.loads(grp.attrs["config"])) != _canonical_json(config):
+                raise _corrupted(self._file, ValueError(  # never serve another model's rows
+                    f"group {cid} holds another configuration than its name says"))
             rows = self._rows(cid, grp, state, wanted)
             found = rows >= 0
             features = _read_rows(grp["features"], rows[found])

@@ -20,7 +20,21 @@ from featurize._version import FEATURE_VERSION
 from featurize.backbones import load_backbone
 from featurize.data import ImageDataset, collate
 from featurize.decoding import DEFAULT_MAX_PIXELS, describe_source, load_image
-from featurize.exceptions import BackboneError, FeatureExtractionWarning, ImageDecodeError
+from featurize.engine import (
+    AUTO_MIN_COSINE,
+    AUTO_MIN_IMAGES,
+    ENGINES,
+    auto_candidates,
+    available_engines,
+    build_engine,
+    compare_features,
+)
+from featurize.exceptions import (
+    BackboneError,
+    CacheError,
+    FeatureExtractionWarning,
+    ImageDecodeError,
+)
 from featurize.inputs import as_sources
 from featurize.layers import PENULTIMATE, LayerTap, check_layers, penultimate_module, trace_layers
 from featurize.pooling import POOLINGS, pool
@@ -126,14 +140,22 @@ class Extractor:
         Decode large JPEGs at a reduced DCT scale when the result stays >= the resize size.
     max_pixels : int
         Larger images are refused without being decoded (decompression-bomb guard).
+    engine : {"auto", "eager", "onnxruntime", "torchscript", "compile"}, default="auto"
+        How the forward pass runs (see :mod:`featurize.engine`). ``"eager"`` is the PyTorch
+        reference. ``"auto"``: for calls of at least
+        :data:`~featurize.engine.AUTO_MIN_IMAGES` images on the CPU in fp32, the fastest engine
+        installed (ONNX Runtime, else a frozen TorchScript graph), checked against eager when
+        built; eager otherwise. The engine used is part of the cache key.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights="DEFAULT", layer=None,
                  pooling: str = "avg", device="auto", precision: str = "auto",
                  channels_last: bool | None = None, draft: bool = True,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "auto"):
         if pooling not in POOLINGS:
             raise BackboneError(f"Unknown pooling {pooling!r}. Expected one of {POOLINGS}.")
+        if engine not in ENGINES:
+            raise ValueError(f"Unknown engine {engine!r}. Expected one of {ENGINES}.")
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.pooling = pooling
@@ -167,6 +189,19 @@ class Extractor:
             for name in self.layers
         }
         self._max_batch: int | None = None
+        self.engine = engine
+        if engine not in ("auto", "eager"):
+            if engine not in available_engines(self.device):
+                raise BackboneError(
+                    f"engine={engine!r} is not available on {self.device} here (available:"
+                    f" {available_engines(self.device)}); engine='onnxruntime' needs"
+                    " pip install 'featurize[onnx]'.")
+            if self.precision != "fp32" and engine != "compile":
+                raise BackboneError(f"engine={engine!r} runs in fp32 only; got precision="
+                                    f"{self.precision!r}.")
+        self._planned = "eager" if engine == "auto" else engine
+        self._engine = None  # the built featurize.engine.Engine, None for eager
+        self._failed_engines: set[str] = set()
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -182,8 +217,74 @@ class Extractor:
             "precision": self.precision,
             "draft": bool(self.draft),
             "max_pixels": int(self.max_pixels),
+            "engine": self.engine_name,
             "feature_version": FEATURE_VERSION,
         }
+
+    @property
+    def engine_name(self) -> str:
+        """The engine :meth:`forward` runs (``"eager"`` until ``"auto"`` picks another)."""
+        return self._engine.name if self._engine is not None else self._planned
+
+    def prepare_engine(self, n_images: int | None = None) -> str:
+        """Choose and build the engine for a job of ``n_images`` images, before computing keys.
+
+        With ``engine="auto"``, a job of at least :data:`~featurize.engine.AUTO_MIN_IMAGES`
+        images (or ``n_images=None``) gets the fastest engine that builds and agrees with eager
+        on a check batch; smaller jobs keep eager. Call it before :meth:`layer_config` when
+        driving :meth:`forward` yourself.
+
+        Parameters
+        ----------
+        n_images : int or None, default=None
+            Size of the job; None means large.
+
+        Returns
+        -------
+        str
+            :attr:`engine_name`.
+        """
+        self._plan_engine(n_images)
+        self._ensure_engine()
+        return self.engine_name
+
+    def _plan_engine(self, n_images: int | None) -> None:
+        if self.engine != "auto" or self._engine is not None or self._planned != "eager":
+            return
+        if n_images is None or n_images >= AUTO_MIN_IMAGES:
+            candidates = [c for c in auto_candidates(self.device, self.precision)
+                          if c not in self._failed_engines]
+            self._planned = candidates[0]
+
+    def _ensure_engine(self) -> None:
+        while self._engine is None and self._planned != "eager":
+            name = self._planned
+            try:
+                engine = build_engine(
+                    name, self.model, self.layers, penultimate_module(self.model, self.layer_infos),
+                    self.preprocessing, self.pooling, self.device, precision=self.precision)
+                if self.engine == "auto":
+                    self._check_engine(engine)
+            except BackboneError as exc:
+                if self.engine != "auto":
+                    raise
+                logger.warning("The %s engine is not used (%s); trying the next one.", name, exc)
+                self._failed_engines.add(name)
+                candidates = [c for c in auto_candidates(self.device, self.precision)
+                              if c not in self._failed_engines]
+                self._planned = candidates[0]
+                continue
+            self._engine = engine
+
+    def _check_engine(self, engine) -> None:
+        """Raise BackboneError if ``engine`` disagrees with eager on a check batch."""
+        size = self.preprocessing.crop_size
+        generator = torch.Generator().manual_seed(1)
+        check = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
+        min_cos, max_abs = compare_features(self._forward_eager(check), engine(check))
+        if not min_cos >= AUTO_MIN_COSINE:
+            raise BackboneError(f"its features differ from eager (cosine {min_cos:.5f},"
+                                f" max abs diff {max_abs:.3g})")
 
     @property
     def n_features(self) -> int:
@@ -198,6 +299,11 @@ class Extractor:
         return torch.autocast(device_type=self.device.type, dtype=_TORCH_DTYPES[self.precision])
 
     def _forward_once(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        if self._engine is not None:
+            return self._engine(batch)
+        return self._forward_eager(batch)
+
+    def _forward_eager(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         x = batch.to(self.device, non_blocking=True)
         x = self.preprocessing.normalize(x)
         if self.channels_last:
@@ -215,6 +321,7 @@ class Extractor:
         """
         if len(batch) == 0:
             return {name: np.empty((0, w), np.float32) for name, w in self.widths.items()}
+        self._ensure_engine()
         chunk = min(len(batch), self._max_batch or len(batch))
         parts: list[dict[str, np.ndarray]] = []
         start = 0
@@ -281,6 +388,7 @@ class Extractor:
         todo = list(range(n))
         keys: list[str | None] = [None] * n
         n_cached = 0
+        self._plan_engine(n)
         configs = {name: self.layer_config(name) for name in self.layers}
         if cache is not None:
             todo, n_cached = self._from_cache(cache, sources, names, keys, configs, out,
@@ -341,6 +449,12 @@ class Extractor:
         for name, config in configs.items():
             found, feats = cache.lookup(config, row_keys)
             found = np.asarray(found, dtype=bool)
+            if found.any() and feats.shape[1] != self.widths[name]:
+                raise CacheError(
+                    f"cache file {os.fspath(cache.path)!r} holds features of width "
+                    f"{feats.shape[1]} for layer {name!r}, but this model gives "
+                    f"{self.widths[name]}: the file does not match its configuration, so it is "
+                    "refused. Delete it or point cache= at another file.")
             if found.any():
                 out[np.asarray(rows, dtype=np.int64)[found], cols[name]] = feats
             have &= found
@@ -356,6 +470,8 @@ class Extractor:
              num_workers, on_error, verbose) -> int:
         if not rows:
             return 0
+        self._ensure_engine()  # an "auto" engine that fails to build falls back: new keys
+        configs = {name: self.layer_config(name) for name in self.layers}
         if num_workers is None:
             in_memory = not all(isinstance(sources[r], (str, os.PathLike)) for r in rows)
             num_workers = 0 if in_memory else default_num_workers(len(rows), batch_size)
@@ -370,9 +486,18 @@ class Extractor:
         computed = 0
         try:
             for indices, batch, bad in loader:
+                bad = list(bad)
                 if batch is not None:
                     feats = self.forward(batch)
                     idx = indices.numpy()
+                    finite = np.ones(len(idx), dtype=bool)
+                    for value in feats.values():
+                        finite &= np.isfinite(value.reshape(len(idx), -1)).all(axis=1)
+                    if not finite.all():  # never cache (or serve) NaN/inf as features
+                        bad += [(int(r), "the network produced non-finite features (NaN or"
+                                 " inf); try precision='fp32'") for r in idx[~finite]]
+                        idx = idx[finite]
+                        feats = {name: value[finite] for name, value in feats.items()}
                     if self.pooling == "none":
                         out[idx] = feats[self.layers[0]]
                     else:
@@ -453,7 +578,7 @@ def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="D
                      layer=None, pooling: str = "avg", batch_size: int = 32, device="auto",
                      num_workers: int | None = None, precision: str = "auto", cache=None,
                      on_error: str = "raise", verbose: int = 0, return_failures: bool = False,
-                     retry_failed: bool = False):
+                     retry_failed: bool = False, engine: str = "auto"):
     """Extract CNN embeddings for a sequence of images.
 
     Parameters
@@ -488,6 +613,8 @@ def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="D
         Also return ``{row: reason}`` for the rows that failed.
     retry_failed : bool, default=False
         Re-read files the cache recorded as failed.
+    engine : {"auto", "eager", "onnxruntime", "torchscript", "compile"}, default="auto"
+        Forward-pass engine (see :class:`Extractor`).
 
     Returns
     -------
@@ -503,7 +630,7 @@ def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="D
     >>> X.shape                                                        # doctest: +SKIP
     (2, 1280)
     """
-    extractor = Extractor(backbone, weights, layer, pooling, device, precision)
+    extractor = Extractor(backbone, weights, layer, pooling, device, precision, engine=engine)
     result = extractor.extract(images, batch_size=batch_size, num_workers=num_workers,
                                cache=cache, on_error=on_error, verbose=verbose,
                                retry_failed=retry_failed)

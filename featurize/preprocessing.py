@@ -23,6 +23,13 @@ _PIL_FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
+#: A resized image larger than this many times ``resize_size ** 2`` (an aspect ratio beyond
+#: 16:1) is resized only inside the centre-crop window, with the same geometry (pixel values may
+#: differ by 1 from a full resize). Resizing the short side of a 200000 x 2 strip (0.4
+#: megapixels, far under ``max_pixels``) to 256 would otherwise allocate a 25.6 million x 256
+#: image (20 GB) only to keep its centre.
+_MAX_FULL_RESIZE = 16
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -81,7 +88,15 @@ class Preprocessing:
             else:
                 new_w, new_h = int(w * scale), self.resize_size
             new_w, new_h = max(new_w, 1), max(new_h, 1)
-            image = image.resize((new_w, new_h), _PIL_FILTERS[self.interpolation])
+            if new_w * new_h <= _MAX_FULL_RESIZE * self.resize_size ** 2:
+                image = image.resize((new_w, new_h), _PIL_FILTERS[self.interpolation])
+            else:  # an extreme aspect ratio: resize only the window the centre crop keeps
+                win_w, win_h = min(new_w, self.crop_size), min(new_h, self.crop_size)
+                left = int(round((new_w - win_w) / 2.0))
+                top = int(round((new_h - win_h) / 2.0))
+                sx, sy = w / new_w, h / new_h
+                box = (left * sx, top * sy, (left + win_w) * sx, (top + win_h) * sy)
+                image = image.resize((win_w, win_h), _PIL_FILTERS[self.interpolation], box=box)
         image = _center_crop(image, self.crop_size)
         array = np.asarray(image, dtype=np.uint8)
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))

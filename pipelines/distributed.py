@@ -99,10 +99,10 @@ def _cache(path: str, dtype: str):
         return cache
 
 
-def part_path(parts_dir: str) -> str:
-    """This process's part file in ``parts_dir``."""
+def part_path(parts_dir: str, pid: int | None = None) -> str:
+    """The part file of process ``pid`` (default: this one) of this host in ``parts_dir``."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
-    return os.path.join(parts_dir, f"part-{host}-{os.getpid()}.h5")
+    return os.path.join(parts_dir, f"part-{host}-{os.getpid() if pid is None else pid}.h5")
 
 
 def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: str,

