@@ -88,7 +88,7 @@ HEADS: dict[str, HeadSpec] = {
         summary="linear SVM (LinearSVC, squared hinge, one-vs-rest)",
         estimator=LinearSVC,
         defaults={"C": 0.01, "max_iter": 10000, "random_state": 0},
-        grid={"C": _log_grid(-5, 0)},
+        grid={"C": _log_grid(-5, 1)},
     ),
     "rbf_svm": HeadSpec(
         name="rbf_svm",

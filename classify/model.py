@@ -294,6 +294,11 @@ def load_model(path: str | os.PathLike) -> FittedModel:
     return FittedModel(**payload["state"])
 
 
+def _plain(scores: dict) -> dict:
+    """Scores as plain floats, NaN (no probabilities) as None: comparable and JSON-ready."""
+    return {name: (float(v) if np.isfinite(v) else None) for name, v in scores.items()}
+
+
 def _layer_pooling(key) -> dict:
     if isinstance(key, tuple) and len(key) == 2:
         return {"layer": key[0], "pooling": key[1]}
@@ -343,8 +348,8 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
         "scoring": selection.scoring,
         "cv": {"n_splits": cv.n_splits, "n_repeats": cv.n_repeats,
                "random_state": cv.random_state, "notes": list(selection.notes)},
-        "cv_scores": cv.mean_scores(),
-        "cv_std": cv.std_scores(),
+        "cv_scores": _plain(cv.mean_scores()),
+        "cv_std": _plain(cv.std_scores()),
         "classes": [str(c) for c in classes],
         "class_counts": {str(c): int(n) for c, n in zip(classes, counts)},
         "n_samples": int(X.shape[0]),
@@ -353,8 +358,8 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
     reports = {"table": selection.table, "per_class": cv.per_class_report(),
                "confusion": cv.confusion_matrix(), "fold_scores": cv.fold_scores}
     if selection.nested is not None:
-        provenance["nested_scores"] = selection.nested.mean_scores()
-        provenance["nested_std"] = selection.nested.std_scores()
+        provenance["nested_scores"] = _plain(selection.nested.mean_scores())
+        provenance["nested_std"] = _plain(selection.nested.std_scores())
         reports["nested"] = selection.nested.fold_scores
     return FittedModel(estimator, featurizer_config=config, provenance=provenance,
                        reports=reports)

@@ -84,11 +84,11 @@ def format_scores(means: dict, stds: dict | None = None) -> str:
     """One line per score: ``name  mean +/- std`` (NaN scores are skipped)."""
     lines = []
     for name in SCORE_NAMES:
-        value = means.get(name, float("nan"))
+        value = means.get(name)
         if value is None or not np.isfinite(value):
             continue
-        spread = "" if stds is None or not np.isfinite(stds.get(name, np.nan)) \
-            else f" +/- {stds[name]:.4f}"
+        std = None if stds is None else stds.get(name)
+        spread = "" if std is None or not np.isfinite(std) else f" +/- {std:.4f}"
         lines.append(f"  {name:<18} {value:.4f}{spread}")
     return "\n".join(lines)
 

@@ -318,7 +318,8 @@ class SelectionResult:
         return table.reindex(index=order, columns=heads)
 
     def summary_table(self, score: str | None = None) -> pd.DataFrame:
-        """One row per (feature set, head): its best parameters, mean and std of ``score``."""
+        """One row per (feature set, head): the parameters the rule picks in that cell, and the
+        mean and std of ``score`` there (``row``: the cell's row in :attr:`table`)."""
         score = _check_scoring(score or self.scoring)
         table = self.table
         rows = []
@@ -332,7 +333,7 @@ class SelectionResult:
                                      self.rule, self.best_cv.n_splits)[0]]
             else:
                 best = index[0]
-            rows.append({"feature_set": fs, "layer": table.loc[best, "layer"],
+            rows.append({"row": int(best), "feature_set": fs, "layer": table.loc[best, "layer"],
                          "pooling": table.loc[best, "pooling"], "head": head,
                          "params": table.loc[best, "params"],
                          "mean": table.loc[best, f"{score}_mean"],
@@ -344,7 +345,7 @@ class SelectionResult:
         shown = self.summary_table()
         shown["mean +/- std"] = [f"{m:.4f} +/- {s:.4f}" if np.isfinite(m) else "failed"
                                  for m, s in zip(shown["mean"], shown["std"])]
-        shown = shown.drop(columns=["mean", "std", "layer", "pooling"])
+        shown = shown.drop(columns=["row", "mean", "std", "layer", "pooling"])
         top_rows = self.table.sort_values("rank").head(top)
         cols = ["rank", "feature_set", "head", "params", f"{self.scoring}_mean",
                 f"{self.scoring}_std", "fit_time"]
@@ -436,7 +437,7 @@ def _warn_edges(candidates, best: int) -> list[str]:
         end = "smallest" if c == grid[0] else "largest"
         note = (f"the chosen C={c:.3g} is the {end} value of the {cand.head} grid: consider "
                 "extending the grid")
-        logger.warning(note)
+        logger.info(note)
         return [note]
     return []
 

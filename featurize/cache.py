@@ -448,6 +448,25 @@ def _fsync_dir(path: str) -> None:
             os.close(dir_fd)
 
 
+def _reserve(fd: int, extents: Sequence[tuple[int, bytes]]) -> None:
+    """Allocate the disk blocks the extents will be written to, before the commit point.
+
+    A full disk (ENOSPC) or a file size limit (EFBIG) then fails here, while the file is still
+    unchanged, instead of half-way through applying a committed journal, which would leave a
+    cache that cannot be opened until space is freed. (HDF5 leaves holes in the file, so
+    overwriting inside it can need new blocks too.) Filesystems without ``fallocate`` skip this.
+    """
+    if not hasattr(os, "posix_fallocate"):
+        return
+    for offset, data in extents:
+        try:
+            os.posix_fallocate(fd, offset, len(data))
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                return
+            raise
+
+
 def _commit(path: str, fd: int, overlay: _Overlay, fsync: bool) -> None:
     extents = overlay.extents()
     if not extents and not overlay.changed:
@@ -462,6 +481,7 @@ def _commit(path: str, fd: int, overlay: _Overlay, fsync: bool) -> None:
     journal = _journal_path(path)
     with _signals_blocked():
         try:
+            _reserve(fd, extents)
             with open(journal + ".tmp", "wb") as fh:
                 fh.write(payload)
                 if fsync:
@@ -471,9 +491,12 @@ def _commit(path: str, fd: int, overlay: _Overlay, fsync: bool) -> None:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(journal + ".tmp")
-            raise CacheError(f"could not write the journal of cache file {path!r}: {exc}. "
-                             "The cache is unchanged; free disk space or check permissions."
-                             ) from exc
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size > info.st_size:  # grown by _reserve: back to as it was
+                    os.ftruncate(fd, info.st_size)
+            raise CacheError(f"could not write cache file {path!r} or its journal: {exc}. "
+                             "The cache is unchanged; free disk space (the disk is full or a "
+                             "file size limit is reached) or check permissions.") from exc
         if fsync:
             _fsync_dir(path)
         try:

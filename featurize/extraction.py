@@ -9,7 +9,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+import threading
+import time
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,12 +84,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def default_num_workers(n_images: int, batch_size: int) -> int:
-    """Data-loader worker processes: none for small jobs, else up to the CPU count (max 8)."""
+def default_num_workers(n_images: int, batch_size: int, device=None) -> int:
+    """Data-loader worker processes: none for small jobs, else enough to feed the device.
+
+    On a GPU (or ``device=None``) up to the CPU count (max 8): decoding is the bottleneck.
+    On the CPU the workers compete with the forward pass for the same cores and decoding
+    costs about a fifth of the forward, so a quarter of the cores (at least 1, max 8):
+    measured on 2 cores, 1 worker is as fast as 2 with half the memory
+    (``benchmarks/README.md``).
+    """
     if n_images <= batch_size:
         return 0
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                      else (os.cpu_count() or 1)))
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1))
+    if device is not None and torch.device(device).type == "cpu":
+        return max(1, min(8, cpus // 4))
+    return max(1, min(8, cpus))
 
 
 @dataclass
@@ -435,11 +449,9 @@ class Extractor:
         return cols
 
     def _from_cache(self, cache, sources, names, keys, configs, out, failures, retry_failed):
-        from featurize.cache import content_key
-
         for row, source in enumerate(sources):
             try:
-                keys[row] = content_key(source)
+                keys[row] = file_content_key(source)
             except (OSError, ValueError, TypeError):
                 failures[row] = _decode_reason(source, names[row], self.max_pixels)
         rows = [r for r in range(len(sources)) if keys[r] is not None]
@@ -474,7 +486,8 @@ class Extractor:
         configs = {name: self.layer_config(name) for name in self.layers}
         if num_workers is None:
             in_memory = not all(isinstance(sources[r], (str, os.PathLike)) for r in rows)
-            num_workers = 0 if in_memory else default_num_workers(len(rows), batch_size)
+            num_workers = (0 if in_memory
+                           else default_num_workers(len(rows), batch_size, self.device))
         dataset = ImageDataset(sources, rows, self.preprocessing, self.max_pixels, self.draft)
         loader = DataLoader(
             dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
@@ -535,6 +548,56 @@ def _warn_failures(failures: dict[int, str], names: list[str], n: int) -> None:
         " The warning's .failures attribute lists them all.",
         [{"row": r, "source": names[r], "reason": failures[r]} for r in rows],
     ), stacklevel=4)
+
+
+#: Content keys of files already hashed by this process, by (path, device, inode, size, mtime,
+#: ctime): a warm-cache re-run then costs a ``stat`` per file instead of reading every byte.
+_KEY_MEMO: OrderedDict[tuple, str] = OrderedDict()
+_KEY_MEMO_MAX = 500_000
+_KEY_MEMO_LOCK = threading.Lock()
+#: A file modified less than this long before it was hashed is not memoized: a change within
+#: the file system's timestamp granularity could otherwise keep the same stat ("racy git").
+_RACY_NS = 2_000_000_000
+
+
+def file_content_key(source) -> str:
+    """:func:`featurize.cache.content_key`, memoized for regular files by their ``stat``.
+
+    The key of a file is remembered (in this process) with its path, device, inode, size,
+    modification and status-change times in nanoseconds; any change to the file gives a new
+    ``stat`` and the file is hashed again. Files changed in the 2 seconds before they were
+    hashed are not remembered. Other sources are hashed every time.
+
+    Parameters
+    ----------
+    source : str, os.PathLike, bytes, ndarray or PIL.Image.Image
+
+    Returns
+    -------
+    str
+    """
+    from featurize.cache import content_key
+
+    if not isinstance(source, (str, os.PathLike)):
+        return content_key(source)
+    try:
+        st = os.stat(source)
+    except OSError:
+        return content_key(source)  # raises the error content_key gives
+    if not stat.S_ISREG(st.st_mode):
+        return content_key(source)
+    memo = (os.fspath(source), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _KEY_MEMO_LOCK:
+        key = _KEY_MEMO.get(memo)
+    if key is not None:
+        return key
+    key = content_key(source)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        with _KEY_MEMO_LOCK:
+            _KEY_MEMO[memo] = key
+            if len(_KEY_MEMO) > _KEY_MEMO_MAX:
+                _KEY_MEMO.popitem(last=False)
+    return key
 
 
 def _decode_reason(source, name: str, max_pixels: int) -> str:

@@ -575,7 +575,8 @@ class JobSummary:
         head = "interrupted" if self.interrupted else "done"
         lines = [
             f"{head}: {self.total:,} images -> {self.cache}"
-            + (f" (shard {self.shard})" if self.shard else ""),
+            + (f" (shard {self.shard})" if self.shard else "")
+            + (f" on Dask {self.scheduler}" if self.scheduler else ""),
             f"  newly extracted  {self.extracted:>10,}",
             f"  from cache       {self.cached:>10,}",
         ]
@@ -663,6 +664,7 @@ class _Stream:
         self.pending: dict[str, list[int]] = {}  # key in flight -> later rows with that content
         self.row_key: dict[int, str] = {}  # rows in flight -> key
         self.failed_keys: dict[str, str] = {}  # keys that failed in this run -> reason
+        self.written_keys: set[str] = set()  # keys written in this run, after chunk lookups
         self.stopped = False
 
     # -- the plan: rows to compute, decided a chunk at a time (the DataLoader's sampler) --
@@ -712,6 +714,9 @@ class _Stream:
             elif key in self.failed_keys:
                 self._fail(row, self.failed_keys[key])
                 done += 1
+            elif key in self.written_keys:  # a copy of an image already written in this run
+                self.counts.duplicates += 1
+                done += 1
             elif key in self.pending:
                 self.pending[key].append(row)  # settled with the row it duplicates
             else:
@@ -747,6 +752,7 @@ class _Stream:
             names = [self.paths[r] for r in rows]
             for name, config in self.configs.items():
                 self.cache.write(config, keys, feats[name], names)
+            self.written_keys.update(keys)
             self.counts.extracted += len(rows)
             n_done += len(rows) + sum(self._settle(k, None) for k in keys)
         if bad:

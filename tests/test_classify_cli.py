@@ -1,0 +1,156 @@
+"""The classify sub-commands: train, evaluate, predict, sweep (on a tiny generated image tree)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from pipelines.cli import main  # noqa: E402
+from pipelines.cmd_train import default_layers  # noqa: E402
+
+FAST = ["--layers", "blocks.10,penultimate", "--folds", "3", "--repeats", "1", "--jobs", "1",
+        "--device", "cpu", "--num-workers", "0"]
+RUNTIME = ["--device", "cpu", "--num-workers", "0"]
+
+
+def _write_tree(root, n_per_class, rng):
+    """Reddish and bluish noise images: easy to tell apart from CNN features."""
+    from PIL import Image
+
+    for name, channel in (("blue", 2), ("red", 0)):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 90, (48, 48, 3)).astype(np.uint8)
+            pixels[..., channel] = rng.integers(150, 256, (48, 48))
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    _write_tree(root / "train", 6, rng)
+    _write_tree(root / "test", 3, rng)
+    (root / "test" / "red" / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(trees, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model") / "model.joblib"
+    cache = out.parent / "features.h5"
+    code = main(["train", str(trees / "train"), "--out", str(out), "--cache", str(cache),
+                 "--json", *FAST])
+    assert code == 0
+    return out, cache
+
+
+def test_train_saves_a_model(trained, capsys):
+    from classify import load_model
+
+    out, cache = trained
+    model = load_model(out)
+    p = model.provenance
+    assert p["backbone"] == "efficientnet_lite0" and p["layer"] in ("blocks.10", "penultimate")
+    assert model.featurizer_config["layer"] == p["layer"]
+    assert p["classes"] == ["blue", "red"] and p["candidate_layers"] == ["blocks.10",
+                                                                           "penultimate"]
+    assert p["cv_scores"]["balanced_accuracy"] > 0.8
+    assert model.has_proba  # SVM heads are calibrated by default
+    assert cache.exists()
+
+
+def test_evaluate_json(trained, trees, capsys):
+    out, cache = trained
+    capsys.readouterr()
+    code = main(["evaluate", str(out), str(trees / "test"), "--json", "--cache", str(cache),
+                 *RUNTIME])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
+    assert report["accuracy"] == 1.0 and report["balanced_accuracy"] == 1.0
+    assert report["n_scored"] == 6
+    assert [f["path"].endswith("broken.png") for f in report["failures"]] == [True]
+    assert report["confusion_matrix"] == [[3, 0], [0, 3]]
+    assert set(report["per_class"]) >= {"blue", "red", "macro avg"}
+
+
+def test_evaluate_text(trained, trees, capsys):
+    out, _ = trained
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(trees / "test"), *RUNTIME]) == 0
+    text = capsys.readouterr().out
+    assert "balanced_accuracy" in text and "Confusion matrix" in text and "macro avg" in text
+
+
+def test_predict_writes_a_row_per_file(trained, trees, tmp_path, capsys):
+    out, _ = trained
+    preds = tmp_path / "preds.csv"
+    code = main(["predict", str(out), str(trees / "test"), "--out", str(preds), *RUNTIME])
+    assert code == 3  # finished, but one file could not be read
+    rows = list(csv.DictReader(preds.open()))
+    assert len(rows) == 7
+    broken = [r for r in rows if r["path"].endswith("broken.png")]
+    assert len(broken) == 1 and broken[0]["predicted"] == "" and broken[0]["error"]
+    good = [r for r in rows if not r["error"]]
+    for row in good:
+        assert row["predicted"] == ("red" if "/red/" in row["path"] else "blue")
+        assert float(row["proba_blue"]) + float(row["proba_red"]) == pytest.approx(1.0)
+
+
+def test_predict_to_stdout(trained, trees, capsys):
+    out, _ = trained
+    image = trees / "test" / "blue" / "0.png"
+    capsys.readouterr()
+    assert main(["predict", str(out), str(image), *RUNTIME]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert len(rows) == 1 and rows[0]["predicted"] == "blue"
+
+
+def test_sweep_table(trained, trees, capsys):
+    _, cache = trained
+    capsys.readouterr()
+    code = main(["sweep", str(trees / "train"), "--cache", str(cache), "--poolings", "avg",
+                 "--heads", "logreg,linear_svm", "--format", "json", *FAST])
+    assert code == 0
+    table = json.loads(capsys.readouterr().out)
+    assert {(r["layer"], r["pooling"], r["head"]) for r in table} == {
+        (layer, "avg", head) for layer in ("blocks.10", "penultimate")
+        for head in ("logreg", "linear_svm")}
+    for row in table:
+        assert 0 <= row["balanced_accuracy_mean"] <= 1 and row["balanced_accuracy_std"] >= 0
+
+
+def test_errors_are_reported_not_raised(trained, tmp_path, capsys):
+    out, _ = trained
+    assert main(["evaluate", str(out), str(tmp_path / "missing"), *RUNTIME]) == 1
+    assert "error" in capsys.readouterr().err
+    not_a_model = tmp_path / "x.joblib"
+    not_a_model.write_bytes(b"nope")
+    assert main(["predict", str(not_a_model), str(tmp_path), *RUNTIME]) == 1
+    assert "not a readable featurize model" in capsys.readouterr().err
+
+
+def test_default_layers():
+    from featurize.layers import LayerInfo
+
+    def info(name, shape):
+        return LayerInfo(name, shape, "Module")
+
+    resnet = [info("conv1", (64, 112, 112)), info("relu", (64, 112, 112)),
+              info("maxpool", (64, 56, 56)), info("layer1.0", (64, 56, 56)),
+              info("layer1", (64, 56, 56)), info("layer2.0.conv1", (128, 28, 28)),
+              info("layer2", (128, 28, 28)), info("layer3", (256, 14, 14)),
+              info("layer4", (512, 7, 7)), info("avgpool", (512, 1, 1)),
+              info("penultimate", (512,))]
+    assert default_layers(resnet, 3) == ["layer1", "layer2", "layer3", "penultimate"]
+    assert default_layers(resnet, 0) == ["penultimate"]
+    vit = [info("conv_proj", (768, 14, 14)), info("encoder", (197, 768)),
+           info("penultimate", (768,))]
+    assert default_layers(vit) == ["penultimate"]

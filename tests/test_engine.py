@@ -1,0 +1,206 @@
+"""Optimised engines give the features of eager fp32; "auto" picks, checks and falls back.
+
+Builds are the slow part (a trace or an ONNX export, seconds each on a small machine), so each
+engine is built once per backbone with a multi-layer request that covers an early layer, a
+middle one and the penultimate embedding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from featurize import extraction
+from featurize.cache import content_key
+from featurize.data import ImageDataset, collate, resize_crop
+from featurize.engine import (
+    AUTO_MIN_IMAGES,
+    ENGINES,
+    TruncatedNet,
+    auto_candidates,
+    available_engines,
+    build_engine,
+    compare_features,
+)
+from featurize.exceptions import BackboneError
+from featurize.extraction import Extractor, default_num_workers, file_content_key
+from featurize.layers import penultimate_module
+
+CPU = torch.device("cpu")
+FAST = [name for name in ("onnxruntime", "torchscript") if name in available_engines(CPU)]
+#: backbone, weights, layers (one multi-layer request: early, middle, penultimate)
+CASES = {
+    "efficientnet_lite0": ("DEFAULT", ["blocks.2", "blocks.10", "penultimate"]),
+    "resnet18": (None, ["layer1", "layer3", "penultimate"]),
+}
+
+
+@pytest.fixture(scope="module")
+def batch(some_jpegs) -> torch.Tensor:
+    """The twelve real JPEGs, decoded and resized as the extractor does (224 px)."""
+    from featurize.backbones import load_backbone
+
+    prep = load_backbone("resnet18", None).preprocessing
+    items = [ImageDataset(some_jpegs, range(12), prep)[i] for i in range(12)]
+    return collate(items)[1]
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def eager(request) -> Extractor:
+    weights, layers = CASES[request.param]
+    return Extractor(request.param, weights, layer=layers, device="cpu", engine="eager")
+
+
+@pytest.mark.parametrize("engine", FAST)
+def test_engine_matches_eager_fp32(eager, engine, batch):
+    reference = eager.forward(batch)
+    built = build_engine(engine, eager.model, eager.layers,
+                         penultimate_module(eager.model, eager.layer_infos), eager.preprocessing,
+                         eager.pooling, CPU)
+    out = built(batch)
+    assert list(out) == eager.layers
+    for name in eager.layers:
+        assert out[name].shape == reference[name].shape and out[name].dtype == np.float32
+        min_cos, max_abs = compare_features({name: reference[name]}, {name: out[name]})
+        scale = float(np.abs(reference[name]).max())
+        assert min_cos >= 0.999, (engine, name, min_cos)
+        assert max_abs <= 1e-3 * scale, (engine, name, max_abs, scale)
+    # Rows do not depend on the batch they are in (chunked and single-image runs agree).
+    alone = built(batch[:1])
+    for name in eager.layers:
+        np.testing.assert_allclose(alone[name][0], out[name][0], rtol=1e-4,
+                                   atol=1e-4 * float(np.abs(out[name]).max()))
+
+
+def test_auto_default_extractor_matches_eager_on_files(some_jpegs):
+    """The default path (efficientnet_lite0, penultimate, engine="auto") end to end."""
+    auto = Extractor(device="cpu")
+    assert auto.engine_name == "eager"  # nothing built until a large job asks for it
+    name = auto.prepare_engine()
+    assert name == auto_candidates(CPU, "fp32")[0] == auto.layer_config("penultimate")["engine"]
+    fast = auto.extract(some_jpegs, num_workers=0).features
+    eager = Extractor(device="cpu", engine="eager")
+    ref = eager.extract(some_jpegs, num_workers=0).features
+    min_cos, max_abs = compare_features({"x": ref}, {"x": fast})
+    assert min_cos >= 0.999 and max_abs <= 1e-3 * float(np.abs(ref).max())
+    assert eager.layer_config("penultimate")["engine"] == "eager"
+    if name != "eager":
+        assert auto.layer_config("penultimate") != eager.layer_config("penultimate")
+
+
+def test_auto_stays_eager_for_small_jobs(rgb_arrays, monkeypatch):
+    ex = Extractor("resnet18", None, device="cpu")
+    monkeypatch.setattr(extraction, "build_engine", _must_not_build)
+    ex.extract(rgb_arrays)
+    assert ex.engine_name == "eager" and ex._engine is None
+    assert len(rgb_arrays) < AUTO_MIN_IMAGES
+
+
+def _must_not_build(*args, **kwargs):
+    raise AssertionError("no engine should be built for a small job")
+
+
+def test_auto_falls_back_when_a_build_fails(rgb_arrays, monkeypatch, tmp_path):
+    def broken(name, *args, **kwargs):
+        raise BackboneError(f"simulated: {name} cannot trace this network")
+
+    monkeypatch.setattr(extraction, "build_engine", broken)
+    ex = Extractor("resnet18", None, device="cpu")
+    ref = Extractor("resnet18", None, device="cpu", engine="eager")
+    assert ex.prepare_engine() == "eager"
+    assert ex._failed_engines == set(auto_candidates(CPU, "fp32")[:-1])
+    assert ex.layer_config("penultimate") == ref.layer_config("penultimate")
+    np.testing.assert_allclose(ex.extract(rgb_arrays).features, ref.extract(rgb_arrays).features,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_auto_rejects_an_engine_that_disagrees_with_eager(monkeypatch):
+    class Wrong:
+        name = "torchscript"
+
+        def __call__(self, batch):
+            return {"penultimate": np.ones((len(batch), 512), np.float32)}
+
+    monkeypatch.setattr(extraction, "build_engine", lambda *a, **k: Wrong())
+    ex = Extractor("resnet18", None, device="cpu")
+    assert ex.prepare_engine() == "eager"
+
+
+def test_explicit_engine_errors():
+    with pytest.raises(ValueError, match="Unknown engine"):
+        Extractor("resnet18", None, device="cpu", engine="tensorrt")
+    with pytest.raises(BackboneError, match="fp32 only"):
+        Extractor("resnet18", None, device="cpu", precision="bf16", engine="torchscript")
+    assert set(ENGINES) >= set(available_engines(CPU))
+    assert auto_candidates(CPU, "bf16") == ["eager"]
+    assert auto_candidates(torch.device("meta"), "fp32") == ["eager"]
+    with pytest.raises(BackboneError, match="onnxruntime' runs on the CPU only"):
+        build_engine("onnxruntime", torch.nn.Identity(), [], None, None, "avg", "meta")
+
+
+def test_truncated_net_leaves_the_model_alone():
+    ex = Extractor("resnet18", None, layer="layer2", device="cpu", engine="eager")
+    before = {k: v.clone() for k, v in ex.model.state_dict().items()}
+    net = TruncatedNet(ex.model, ["layer2"], None, ex.preprocessing, "avg", channels_last=True)
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        (out,) = net(x)
+    assert out.shape == (2, 128)
+    assert not ex.model.layer2._forward_hooks  # hooks live on the private copy only
+    for k, v in ex.model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert ex.model.conv1.weight.is_contiguous()  # still in the default memory format
+
+
+def test_compare_features():
+    a = {"x": np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)}
+    b = {"x": np.array([[1.0, 1e-3], [0.0, 0.0]], np.float32)}
+    min_cos, max_abs = compare_features(a, b)
+    assert min_cos > 0.9999 and max_abs == pytest.approx(1e-3)
+    assert compare_features(a, {"x": np.full((2, 2), np.nan, np.float32)})[0] == -1.0
+
+
+def test_resize_crop_matches_pil(some_jpegs):
+    from featurize.backbones import load_backbone
+    from featurize.decoding import load_image
+
+    for name in ("efficientnet_lite0", "resnet18"):  # bicubic 256->224, bilinear 256->224
+        prep = load_backbone(name, None).preprocessing
+        for path in some_jpegs[:6]:
+            image = load_image(path, draft_size=prep.draft_size)
+            fast, pil = resize_crop(image, prep), prep.to_uint8(image)
+            assert fast.shape == pil.shape == (3, prep.crop_size, prep.crop_size)
+            assert fast.dtype == torch.uint8 and fast.is_contiguous()
+            diff = (fast.int() - pil.int()).abs()
+            assert diff.max() <= 2 and (diff > 0).float().mean() < 0.02
+    small = Image.fromarray(np.full((20, 30, 3), 77, np.uint8))  # upscaled: a flat image stays
+    assert (resize_crop(small, prep) == 77).all()
+    strip = Image.new("RGB", (4000, 3), (10, 20, 30))  # extreme aspect ratio: PIL's window
+    assert torch.equal(resize_crop(strip, prep), prep.to_uint8(strip))
+
+
+def test_file_content_key_memo(tmp_path, monkeypatch):
+    monkeypatch.setattr(extraction, "_RACY_NS", -10**12)  # memoize files written just now
+    monkeypatch.setattr(extraction, "_KEY_MEMO", extraction.OrderedDict())
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"one")
+    assert file_content_key(str(path)) == content_key(str(path))
+    assert len(extraction._KEY_MEMO) == 1
+    assert file_content_key(path) == content_key(str(path))  # served by the memo
+    path.write_bytes(b"three")  # a new stat: hashed again, never the stale key
+    assert file_content_key(str(path)) == content_key(str(path)) != content_key(b"one")
+    arr = np.zeros((2, 2), np.uint8)
+    assert file_content_key(arr) == content_key(arr)
+    with pytest.raises(FileNotFoundError):
+        file_content_key(str(tmp_path / "missing.jpg"))
+
+
+def test_default_workers_leave_the_cores_to_the_forward_pass_on_cpu():
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_num_workers(10, 32, "cpu") == 0
+    assert default_num_workers(1000, 32, "cpu") == max(1, min(8, cpus // 4))
+    assert default_num_workers(1000, 32) == max(1, min(8, cpus))
