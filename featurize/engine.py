@@ -380,7 +380,9 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
     start = time.perf_counter()
     net = TruncatedNet(model, layers, penultimate, preprocessing, pooling,
                        channels_last=channels_last and name != "onnxruntime").to(device)
-    example = _example(preprocessing.crop_size, device)
+    # Traced with one image, checked and warmed up with two: a batch size baked into the
+    # graph fails the warm-up (and "auto"'s check) instead of passing silently.
+    example = _example(preprocessing.crop_size, device, n=1)
     try:
         if name == "torchscript":
             engine = _build_torchscript(net, example, device)
@@ -388,8 +390,9 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
             engine = _build_onnxruntime(net, example, threads)
         else:
             engine = _build_compile(net, device, autocast_dtype)
+        check = _example(preprocessing.crop_size, device, n=2)
         for _ in range(warmup if name != "compile" else 0):  # compile: at the first batch
-            engine(example)
+            engine(check)
     except BackboneError:
         raise
     except Exception as exc:  # tracers and exporters raise many types for unsupported models

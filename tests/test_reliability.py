@@ -20,7 +20,6 @@ import json
 import os
 import pickle
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -484,6 +483,7 @@ def _malicious_checkpoints(tmp_path):
     return made
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_malicious_checkpoints_are_refused_without_running_code(tmp_path, corpus, capsys):
     import torch
 
