@@ -250,7 +250,8 @@ def _evaluate_fold_unlimited(X, y, train, test, estimators, n_classes):
                 proba = None
                 if hasattr(model, "predict_proba"):
                     proba = np.zeros((len(test), n_classes))
-                    proba[:, np.asarray(model.classes_, dtype=np.int64)] = model.predict_proba(x_test)
+                    columns = np.asarray(model.classes_, dtype=np.int64)
+                    proba[:, columns] = model.predict_proba(x_test)
             except _FIT_ERRORS as exc:
                 errors[i] = f"{type(exc).__name__}: {exc}"
                 continue

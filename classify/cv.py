@@ -181,8 +181,8 @@ def cross_validate_head(head: str | BaseEstimator, X, y, *, n_splits: int = 5,
     if len(codes) != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {len(codes)} labels.")
     splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
-    evaluation = _engine.evaluate([X], codes, [_engine.Candidate(0, estimator)], splits, n_jobs=n_jobs,
-                                  verbose=verbose)
+    evaluation = _engine.evaluate([X], codes, [_engine.Candidate(0, estimator)], splits,
+                                  n_jobs=n_jobs, verbose=verbose)
     if evaluation.errors:
         raise ValueError(f"The head failed to fit on a fold: {evaluation.errors[0]}")
     return build_cv_result(evaluation, 0, splits, list(range(len(splits))), classes, codes, plan,

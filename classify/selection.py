@@ -17,6 +17,7 @@ whose mean score is within one standard error of the best (the one-standard-erro
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +48,12 @@ __all__ = [
 ]
 
 DEFAULT_HEADS = ("logreg", "linear_svm", "rbf_svm")
+
+
+def _c_of(params: dict):
+    """The numeric ``C`` of a candidate's parameters, or None."""
+    c = params.get("C")
+    return c if isinstance(c, numbers.Real) and not isinstance(c, bool) else None
 
 
 def feature_set_name(key) -> str:
@@ -127,8 +134,7 @@ def _build_candidates(n_sets: int, heads, param_grids, probability: bool):
                              "heads as a mapping of name to an unfitted estimator.")
         grid = param_grids.get(name, default_param_grid(name) if estimator is None else {})
         params_list = list(ParameterGrid(grid)) if grid else [{}]
-        params_list.sort(key=lambda p: p.get("C", 0.0) if isinstance(p.get("C"), float | int)
-                         else 0.0)
+        params_list.sort(key=lambda p: _c_of(p) if _c_of(p) is not None else 0.0)
         built = []
         for params in params_list:
             if estimator is None:
@@ -161,7 +167,7 @@ def _c_groups(candidates) -> dict:
     """Candidates that differ only by C, as lists of indices sorted by increasing C."""
     groups: dict = {}
     for i, cand in enumerate(candidates):
-        if isinstance(cand.params.get("C"), float | int):
+        if _c_of(cand.params) is not None:
             other = tuple(sorted((k, repr(v)) for k, v in cand.params.items() if k != "C"))
             groups.setdefault((cand.feature_set, cand.head, other), []).append(i)
     for members in groups.values():
@@ -401,8 +407,7 @@ def _table(keys, candidates, evaluation, split_ids, crit_rank_index) -> pd.DataF
             "pooling": key[1] if isinstance(key, tuple) and len(key) > 1 else None,
             "head": cand.head,
             "params": _params_text(cand.params),
-            "C": float(cand.params["C"]) if isinstance(cand.params.get("C"), float | int)
-            else np.nan,
+            "C": float(_c_of(cand.params)) if _c_of(cand.params) is not None else np.nan,
         }
         for j, name in enumerate(SCORE_NAMES):
             row[f"{name}_mean"] = means[i, j]
@@ -427,12 +432,12 @@ def _ranks(crit: np.ndarray, best: int) -> np.ndarray:
 def _warn_edges(candidates, best: int) -> list[str]:
     """A note when the chosen C is at the end of its grid (the grid may be too narrow)."""
     cand = candidates[best]
-    c = cand.params.get("C")
-    if not isinstance(c, float | int):
+    c = _c_of(cand.params)
+    if c is None:
         return []
-    grid = sorted(k.params["C"] for k in candidates
+    grid = sorted(_c_of(k.params) for k in candidates
                   if k.feature_set == cand.feature_set and k.head == cand.head
-                  and isinstance(k.params.get("C"), float | int))
+                  and _c_of(k.params) is not None)
     if len(grid) > 2 and c in (grid[0], grid[-1]):
         end = "smallest" if c == grid[0] else "largest"
         note = (f"the chosen C={c:.3g} is the {end} value of the {cand.head} grid: consider "
@@ -461,7 +466,8 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
         treated as ``{"features": X}``.
     y : array-like of shape (n_samples,)
         Class labels (strings or integers).
-    heads : sequence of str or mapping of str to estimator, default=("logreg", "linear_svm", "rbf_svm")
+    heads : sequence of str or mapping of str to estimator, default=DEFAULT_HEADS
+        ``DEFAULT_HEADS = ("logreg", "linear_svm", "rbf_svm")``.
         Registered head names (see :func:`~classify.heads.list_heads`), or a mapping of name to
         an unfitted estimator (or ``None`` for a registered head).
     param_grids : mapping of str to dict, default=None
@@ -526,15 +532,18 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
     splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
     evaluation = _engine.evaluate(arrays, codes, candidates, splits, n_jobs=n_jobs,
                                   verbose=verbose)
+    if len(evaluation.errors) == len(candidates):
+        raise ValueError(f"Every candidate failed to fit; the first error: "
+                         f"{evaluation.errors[0]}")
     split_ids = list(range(len(splits)))
     means, stds = _nan_summaries(evaluation, split_ids)
     best, crit = _decide(means, stds, candidates, scoring, rule, plan.n_splits)
     notes = list(plan.notes) + _warn_edges(candidates, best)
     if evaluation.errors:
-        first = next(iter(evaluation.errors.items()))
+        index, message = next(iter(evaluation.errors.items()))
+        failed = candidates[index]
         notes.append(f"{len(evaluation.errors)} candidates failed on some fold and were skipped "
-                     f"(first: {candidates[first[0]].head} {_params_text(candidates[first[0]].params)}: "
-                     f"{first[1]})")
+                     f"(first: {failed.head} {_params_text(failed.params)}: {message})")
         logger.warning(notes[-1])
     result = SelectionResult(
         table=_table(keys, candidates, evaluation, split_ids, _ranks(crit, best)),
@@ -568,7 +577,9 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
 
     Parameters
     ----------
-    feature_sets, y, heads, param_grids, probability, scoring, n_splits, n_repeats, random_state, rule
+    feature_sets, y, heads, param_grids, probability, scoring, rule
+        As in :func:`select_model`.
+    n_splits, n_repeats, random_state
         As in :func:`select_model` (``n_splits`` and ``n_repeats`` are the inner ones).
     outer_splits : int, default=5
         Outer folds (reduced for small classes like the inner ones).

@@ -73,7 +73,8 @@ def plan_folds(y, max_splits: int = 5, small_classes: str = "train") -> FoldPlan
         Fewer than 2 classes, no class with 2 samples or more, an invalid ``max_splits`` or
         ``small_classes``, or a single-sample class with ``small_classes="error"``.
     """
-    if not isinstance(max_splits, (int, np.integer)) or isinstance(max_splits, bool) or max_splits < 2:
+    if (not isinstance(max_splits, (int, np.integer)) or isinstance(max_splits, bool)
+            or max_splits < 2):
         raise ValueError(f"max_splits must be an integer >= 2. Got {max_splits!r} instead.")
     if small_classes not in ("train", "error"):
         raise ValueError(
@@ -198,8 +199,7 @@ class AdaptiveStratifiedKFold(BaseCrossValidator):
             warnings.warn(plan.notes[-1], SmallClassWarning, stacklevel=2)
         for note in plan.notes:
             logger.info("cross-validation: %s", note)
-        single = np.isin(y, np.asarray(plan.singleton_classes, dtype=y.dtype)) if plan.singleton_classes \
-            else np.zeros(len(y), dtype=bool)
+        single = np.isin(y, np.asarray(plan.singleton_classes, dtype=y.dtype))
         kept = np.flatnonzero(~single)
         always_train = np.flatnonzero(single)
         rskf = RepeatedStratifiedKFold(

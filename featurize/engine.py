@@ -79,7 +79,10 @@ _ONNX_OPSET = 17
 
 
 def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken install, or sys.modules[name] = None
+        return False
 
 
 def available_engines(device: torch.device | str = "cpu") -> list[str]:
@@ -331,7 +334,7 @@ def _build_compile(net: TruncatedNet, device: torch.device, autocast_dtype):
 def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate: str | None,
                  preprocessing: Preprocessing, pooling: str, device: torch.device | str = "cpu",
                  *, precision: str = "fp32", channels_last: bool = True,
-                 threads: int | None = None, warmup: int = 2) -> Engine:
+                 threads: int | None = None, warmup: int = 1) -> Engine:
     """Build one engine (not ``"auto"`` nor ``"eager"``, which the Extractor runs itself).
 
     Parameters
@@ -353,8 +356,9 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
         Memory format of the traced network (torchscript and compile).
     threads : int or None, default=None
         Intra-op threads of ONNX Runtime; None follows ``torch.get_num_threads()``.
-    warmup : int, default=2
-        Forward passes on a 2-image batch after building (graph optimisation happens there).
+    warmup : int, default=1
+        Forward passes on a 2-image batch after building (a graph that cannot take another
+        batch size fails here).
 
     Returns
     -------

@@ -177,3 +177,29 @@ class LayerTap:
         if missing:
             raise BackboneError(f"Layers {missing} did not run in the forward pass.")
         return captured
+
+
+def list_layers(backbone: str = "efficientnet_lite0", weights=None, *,
+                image_size: int = 224) -> list[LayerInfo]:
+    """List the layers of a backbone that can be read, with their output shapes.
+
+    Parameters
+    ----------
+    backbone : str, default="efficientnet_lite0"
+        A name from :func:`featurize.list_backbones`.
+    weights : str, path-like or None, default=None
+        Weights to load (see :func:`featurize.backbones.load_backbone`). Shapes do not depend
+        on them, so the default builds the network without weights (nothing to find on disk).
+    image_size : int, default=224
+        Side of the square input the shapes are given for.
+
+    Returns
+    -------
+    list of LayerInfo
+        In execution order; the last entry is ``"penultimate"`` when the network ends in a
+        linear classifier.
+    """
+    from featurize.backbones import load_backbone  # backbones does not import this module
+
+    model = load_backbone(backbone, weights).model.eval()
+    return trace_layers(model, image_size)

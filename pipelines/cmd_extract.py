@@ -12,12 +12,13 @@ import json
 import logging
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 
 from pipelines.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pipelines.config import build_spec, load_job_file, parse_resources
-from pipelines.jobs import JOB_POOLINGS, JobConfigError, parse_shard, run_job
+from pipelines.jobs import ENGINES, JOB_POOLINGS, JobConfigError, parse_shard, run_job
 
 NAME = "extract"
 
@@ -53,10 +54,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """
     parser = subparsers.add_parser(
         NAME, help="extract the features of many images into a cache (resumable, sharded, Dask)",
-        description="Featurize every image of SOURCES into the HDF5 cache --cache, computing "
-                    "only what the cache does not hold yet. SOURCES are folders (searched "
-                    "recursively for image files), files, or glob patterns ('**' crosses "
-                    "folders; quote them).",
+        description=textwrap.fill(
+            "Featurize every image of SOURCES into the HDF5 cache --cache, computing only what "
+            "the cache does not hold yet. SOURCES are folders (searched recursively for image "
+            "files), files, or glob patterns ('**' crosses folders; quote them). Options can "
+            "also come from a TOML job file (--config); see docs/jobs.md.", 79),
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("sources", nargs="*", metavar="SOURCE",
@@ -82,6 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                        help="forward-pass precision (default auto: mixed on CUDA, fp32 on CPU)")
     model.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N, mps (default auto)")
+    model.add_argument("--engine", choices=ENGINES,
+                       help="how the forward pass runs (default auto: ONNX Runtime or "
+                            "TorchScript on CPU for jobs of 128 images or more, else eager)")
     run = parser.add_argument_group("job")
     run.add_argument("--cache", metavar="FILE", help="the HDF5 feature cache to fill (required)")
     run.add_argument("--dtype", choices=("float32", "float16"),
@@ -137,8 +142,8 @@ def _resources(text: str) -> dict[str, float]:
 
 
 _CLI_FIELDS = ("sources", "lists", "column", "cache", "backbone", "weights", "layers", "pooling",
-               "precision", "device", "dtype", "batch_size", "workers", "chunk_size", "shard",
-               "failures", "retry_failed", "scheduler", "partition_size", "resources",
+               "precision", "device", "engine", "dtype", "batch_size", "workers", "chunk_size",
+               "shard", "failures", "retry_failed", "scheduler", "partition_size", "resources",
                "parts_dir")
 
 

@@ -107,6 +107,17 @@ def default_layers(infos, n_stages: int = DEFAULT_STAGES) -> list[str]:
     return layers or [names[-1]]
 
 
+def backbone_layers(backbone: str, weights) -> list:
+    """The backbone's layers (``LayerInfo``: name, shape), in execution order."""
+    try:
+        from featurize.layers import list_layers
+    except ImportError:  # older featurize: trace a loaded network
+        from featurize.extraction import Extractor
+
+        return Extractor(backbone, weights, None, "avg", "cpu", "fp32").layer_infos
+    return list_layers(backbone)
+
+
 def extract(paths, *, backbone, weights, layers, pooling, precision, args):
     """Featurize ``paths``; unreadable images are returned as failures, not raised.
 
@@ -167,13 +178,9 @@ def candidate_features(data, args):
     failures : dict of int to str
     layers : list of str
     """
-    from featurize.extraction import Extractor
-
     layers = args.layers
     if layers is None:
-        probe = Extractor(args.backbone, args.weights, None, "avg", "cpu", "fp32")
-        layers = default_layers(probe.layer_infos)
-        del probe
+        layers = default_layers(backbone_layers(args.backbone, args.weights))
     poolings = getattr(args, "poolings", ["avg"])
     blocks, failures = {}, {}
     for pooling in poolings:

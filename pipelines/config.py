@@ -37,6 +37,7 @@ KEYS: dict[str, tuple[str, str, str]] = {
     "pooling": ("pooling", "str", "avg, max, avgmax, gem or flatten (default avg)"),
     "device": ("device", "str", "auto, cpu, cuda, cuda:N or mps (default auto)"),
     "precision": ("precision", "str", "auto, fp32, bf16 or fp16 (default auto)"),
+    "engine": ("engine", "str", "auto, eager, onnxruntime, torchscript or compile"),
     "batch_size": ("batch_size", "int", "images per forward pass (default 32)"),
     "workers": ("workers", "int", "data-loader processes decoding images (default: automatic)"),
     "dtype": ("dtype", "str", "storage type in the cache: float32 or float16"),

@@ -82,6 +82,7 @@ def get_extractor(options: dict[str, Any]):
 
             logger.info("worker %s: loading %s", os.getpid(), key)
             extractor = Extractor(**options)
+            extractor.prepare_engine(None)  # the job decided: see JobSpec.extractor_options
             _EXTRACTORS[key] = extractor
             _RUN_LOCKS[key] = threading.Lock()
         return extractor, _RUN_LOCKS[key]
@@ -130,7 +131,7 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
     -------
     result : dict
         ``n``, ``extracted``, ``cached``, ``duplicates``, ``failed``, ``failures`` (list of
-        ``(path, reason)``), ``part`` and ``worker`` (``host:pid``).
+        ``(path, reason)``), ``part``, ``worker`` (``host:pid``) and ``engine``.
     """
     import multiprocessing
 
@@ -147,7 +148,7 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
             batch_size=batch_size, num_workers=num_workers, retry_failed=retry_failed,
             chunk_size=max(1, len(paths)), on_failure=lambda p, r: failures.append((p, r)))
     counts.update(n=len(paths), failures=failures, part=os.fspath(part.path),
-                  worker=f"{socket.gethostname()}:{os.getpid()}")
+                  worker=f"{socket.gethostname()}:{os.getpid()}", engine=extractor.engine_name)
     return counts
 
 
@@ -259,7 +260,7 @@ def _partitions(paths: Sequence[str], size: int) -> list[list[str]]:
 
 
 def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
-                 progress: Progress | None = None,
+                 n_inputs: int | None = None, progress: Progress | None = None,
                  on_failure: Callable[[str, str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Featurize ``paths`` into ``target`` on the Dask cluster named by ``spec.scheduler``.
@@ -272,6 +273,9 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
         The job (model options, batch size, partition size, resources, parts folder...).
     target : str
         The cache file the part files are merged into.
+    n_inputs : int or None, default=None
+        Inputs of the whole job (before sharding; decides ``engine="auto"``, see
+        :meth:`JobSpec.extractor_options`); None: ``len(paths)``.
     progress, on_failure, should_stop
         As in :func:`pipelines.jobs.stream_extract`; progress advances per partition.
 
@@ -303,6 +307,8 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
                               "stopped": False, "partitions": 0, "lost_partitions": 0,
                               "seconds": 0.0}
     partitions = _partitions(paths, spec.partition_size)
+    options = spec.extractor_options(len(paths) if n_inputs is None else n_inputs)
+    engines: dict[str, str] = {}  # engine -> a worker that used it
     totals["partitions"] = len(partitions)
     error: BaseException | None = None
     local = False
@@ -314,7 +320,7 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
                 extract_partition, partitions,
                 key=[f"featurize-extract-{i}-{token}" for i in range(len(partitions))],
                 pure=False, retries=1, resources=spec.resources,
-                options=spec.extractor_options(), target=target, parts_dir=parts_dir,
+                options=options, target=target, parts_dir=parts_dir,
                 dtype=spec.dtype, batch_size=spec.batch_size, workers=spec.workers,
                 retry_failed=spec.retry_failed)
             which = {f.key: i for i, f in enumerate(futures)}
@@ -347,6 +353,7 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
                             break
                     else:
                         result = future.result()
+                        engines.setdefault(result["engine"], result["worker"])
                         for name in ("extracted", "cached", "duplicates", "failed"):
                             totals[name] += result[name]
                         for path, reason in result["failures"]:
@@ -363,6 +370,11 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
     if keep:
         logger.warning("kept the part files in %s (tasks may still be running); the next run "
                        "merges them.", parts_dir)
+    if len(engines) > 1:
+        logger.warning(
+            "the workers ran different engines (%s): the engine is part of the cache key, so "
+            "%s holds one configuration per engine. Give every worker the same packages, or "
+            "pass --engine NAME.", ", ".join(f"{k} on {v}" for k, v in engines.items()), target)
     if error is not None:
         raise DaskJobError(f"a Dask task failed: {type(error).__name__}: {error}") from error
     return totals

@@ -60,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: featurize.engine.ENGINES (repeated here so that checking a job does not import torch)
+ENGINES = ("auto", "eager", "onnxruntime", "torchscript", "compile")
 CACHE_DTYPES = ("float32", "float16")
 #: poolings a job can cache (``"none"`` returns feature maps, which the cache does not store)
 JOB_POOLINGS = ("avg", "max", "avgmax", "gem", "flatten")
@@ -94,6 +96,9 @@ class JobSpec:
     backbone, weights, layers, pooling, device, precision
         The :class:`featurize.extraction.Extractor` options; ``weights`` None or ``"none"`` is
         a random initialisation.
+    engine : {"auto", "eager", "onnxruntime", "torchscript", "compile"}, default="auto"
+        How the forward pass runs (see :mod:`featurize.engine`); ``"auto"`` is decided once
+        for the whole job (see :meth:`extractor_options`).
     batch_size : int, default=32
         Images per forward pass.
     workers : int or None, default=None
@@ -128,6 +133,7 @@ class JobSpec:
     pooling: str = "avg"
     device: str = "auto"
     precision: str = "auto"
+    engine: str = "auto"
     batch_size: int = 32
     workers: int | None = None
     dtype: str = "float32"
@@ -159,6 +165,9 @@ class JobSpec:
         if self.precision not in PRECISIONS:
             raise JobConfigError(f"--precision must be one of {', '.join(PRECISIONS)}; got "
                                  f"{self.precision!r}.")
+        if self.engine not in ENGINES:
+            raise JobConfigError(f"--engine must be one of {', '.join(ENGINES)}; got "
+                                 f"{self.engine!r}.")
         if self.dtype not in CACHE_DTYPES:
             raise JobConfigError(f"--dtype must be one of {', '.join(CACHE_DTYPES)}; got "
                                  f"{self.dtype!r}.")
@@ -197,11 +206,30 @@ class JobSpec:
             raise JobConfigError("no cache file: give --cache FILE.")
         return shard_cache_path(self.cache, self.shard) if self.shard else self.cache
 
-    def extractor_options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`featurize.extraction.Extractor` (JSON-able)."""
+    def extractor_options(self, n_inputs: int) -> dict[str, Any]:
+        """Keyword arguments of :class:`featurize.extraction.Extractor` (JSON-able).
+
+        The engine is part of the cache key, so every run, shard and Dask worker of a job must
+        use the same one. ``engine="auto"`` is therefore decided from the number of inputs of
+        the whole job (before sharding), as :meth:`Extractor.extract` decides it for a call
+        with that many images: ``"eager"`` below ``featurize.engine.AUTO_MIN_IMAGES``, else
+        ``"auto"``, which :meth:`Extractor.prepare_engine` resolves to the fastest engine
+        installed. ``extract_features(paths, cache=...)`` on the same images then finds the
+        job's rows.
+
+        Parameters
+        ----------
+        n_inputs : int
+            Inputs of the whole job.
+        """
+        from featurize.engine import AUTO_MIN_IMAGES
+
+        engine = self.engine
+        if engine == "auto" and n_inputs < AUTO_MIN_IMAGES:
+            engine = "eager"
         return {"backbone": self.backbone, "weights": parse_weights(self.weights),
                 "layer": list(self.layers) if self.layers else None, "pooling": self.pooling,
-                "device": self.device, "precision": self.precision}
+                "device": self.device, "precision": self.precision, "engine": engine}
 
 
 def parse_weights(text: str | None) -> str | None:
@@ -517,9 +545,10 @@ class JobSummary:
     cached : int
         Images whose features were already in the cache.
     duplicates : int
-        Inputs with the same content as an input being computed at the same moment (computed
-        once). A copy of an image this run wrote a while ago is found in the cache and counts
-        as ``cached``: telling the two apart would need a set of every key of the run.
+        Inputs with the same content as an earlier input of the same chunk of ``chunk_size``
+        files (computed once). A copy of an image written by an earlier chunk is found by its
+        chunk's cache lookup and counts as ``cached``: telling the two apart would need a set
+        of every key of the run.
     failed : int
         Inputs that could not be featurized (including failures recorded by earlier runs).
     elapsed_s : float
@@ -664,7 +693,9 @@ class _Stream:
         self.pending: dict[str, list[int]] = {}  # key in flight -> later rows with that content
         self.row_key: dict[int, str] = {}  # rows in flight -> key
         self.failed_keys: dict[str, str] = {}  # keys that failed in this run -> reason
-        self.written_keys: set[str] = set()  # keys written in this run, after chunk lookups
+        # Keys written since the last cache lookup: a chunk's lookup cannot see rows written
+        # while its own rows are planned. Reset at every lookup, so it stays small.
+        self.written_keys: set[str] = set()
         self.stopped = False
 
     # -- the plan: rows to compute, decided a chunk at a time (the DataLoader's sampler) --
@@ -694,6 +725,7 @@ class _Stream:
                 keyed.append(key)
         have = np.ones(len(keyed), dtype=bool)
         known: dict[str, tuple[str, str]] = {}
+        self.written_keys.clear()  # what was written before this lookup, the lookup sees
         for config in self.configs.values():
             found = np.zeros(len(keyed), dtype=bool)
             for cache in self.lookup_caches:
@@ -714,7 +746,7 @@ class _Stream:
             elif key in self.failed_keys:
                 self._fail(row, self.failed_keys[key])
                 done += 1
-            elif key in self.written_keys:  # a copy of an image already written in this run
+            elif key in self.written_keys:  # a copy of an image written since the lookup
                 self.counts.duplicates += 1
                 done += 1
             elif key in self.pending:
@@ -895,10 +927,11 @@ def run_job(spec: JobSpec, *, progress: Progress | str = "auto",
             if spec.scheduler:
                 from pipelines.distributed import run_dask_job
 
-                counts = run_dask_job(paths, spec, target, progress=progress,
+                counts = run_dask_job(paths, spec, target, n_inputs=n_inputs, progress=progress,
                                       on_failure=manifest.add, should_stop=should_stop)
             else:
-                counts = _run_local(paths, spec, target, progress, manifest.add, should_stop)
+                counts = _run_local(paths, spec, target, n_inputs, progress, manifest.add,
+                                    should_stop)
         finally:
             progress.close()
     for name in ("extracted", "cached", "duplicates", "failed"):
@@ -908,22 +941,24 @@ def run_job(spec: JobSpec, *, progress: Progress | str = "auto",
     summary.first_failures = list(manifest.examples)
     summary.elapsed_s = time.monotonic() - t0
     summary.peak_rss_bytes = peak_rss_bytes()
-    logger.info("extract: %s %s images: %d extracted, %d from cache, %d duplicates, %d failed"
-                " in %s", "stopped after" if summary.interrupted else "done,", f"{summary.total:,}",
+    logger.info("extract: %s; %s images: %d extracted, %d from cache, %d duplicates, %d failed"
+                " in %s", "stopped" if summary.interrupted else "done", f"{summary.total:,}",
                 summary.extracted, summary.cached, summary.duplicates, summary.failed,
                 _duration(summary.elapsed_s))
     return summary
 
 
-def _run_local(paths, spec: JobSpec, target: str, progress: Progress, on_failure,
-               should_stop) -> dict[str, Any]:
+def _run_local(paths, spec: JobSpec, target: str, n_inputs: int, progress: Progress,
+               on_failure, should_stop) -> dict[str, Any]:
     from featurize.cache import FeatureCache
     from featurize.extraction import Extractor, default_num_workers
 
-    extractor = Extractor(**spec.extractor_options())
+    extractor = Extractor(**spec.extractor_options(n_inputs))
+    engine = extractor.prepare_engine(None)  # before the configs (the engine is in the key)
+    logger.info("extract: %s on %s, %s engine", spec.backbone, extractor.device, engine)
     workers = spec.workers
     if workers is None:
-        workers = default_num_workers(len(paths), spec.batch_size)
+        workers = default_num_workers(len(paths), spec.batch_size, extractor.device)
     cache = FeatureCache(target, dtype=spec.dtype)
     return stream_extract(paths, extractor, cache, batch_size=spec.batch_size,
                           num_workers=workers, retry_failed=spec.retry_failed,

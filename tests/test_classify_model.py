@@ -43,6 +43,7 @@ def model(data):
 
 def test_trained_model_records_its_choice(model, data):
     sets, y = data
+    assert isinstance(model, FittedModel)
     assert model.featurizer_config == {"backbone": "efficientnet_lite0", "weights": "DEFAULT",
                                        "batch_size": 16, "layer": "penultimate",
                                        "pooling": "avg"}

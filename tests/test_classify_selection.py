@@ -121,7 +121,7 @@ def test_dask_backend(digits_sets):
     kwargs = dict(heads=["logreg"], param_grids=SMALL_GRIDS, n_splits=3, n_repeats=1)
     ref = select_model(sets, y, **kwargs).table["balanced_accuracy_mean"]
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster), joblib.parallel_backend("dask"):
         remote = select_model(sets, y, **kwargs).table["balanced_accuracy_mean"]
     np.testing.assert_allclose(remote, ref)
@@ -234,4 +234,5 @@ def test_benchmark_speed():
     result = select_model(sets, y, n_jobs=2)
     elapsed = time.perf_counter() - start
     print(f"\n{len(result.table)} candidates x 15 folds: {elapsed:.1f} s")
-    assert elapsed < 120
+    # ~16 s on two idle cores (31 s of CPU); generous for a shared machine
+    assert elapsed < 300

@@ -49,14 +49,24 @@ def batch(some_jpegs) -> torch.Tensor:
     return collate(items)[1]
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def eager(request) -> Extractor:
-    weights, layers = CASES[request.param]
-    return Extractor(request.param, weights, layer=layers, device="cpu", engine="eager")
+#: The engine "auto" picks here on both backbones; the other fast engines on resnet18 only
+#: (each build costs seconds).
+PAIRS = [(backbone, engine) for backbone in CASES for engine in FAST
+         if engine == FAST[0] or backbone == "resnet18"]
 
 
-@pytest.mark.parametrize("engine", FAST)
-def test_engine_matches_eager_fp32(eager, engine, batch):
+@pytest.fixture(scope="module")
+def eagers() -> dict:
+    return {}
+
+
+@pytest.mark.parametrize("backbone,engine", PAIRS)
+def test_engine_matches_eager_fp32(backbone, engine, batch, eagers):
+    if backbone not in eagers:
+        weights, layers = CASES[backbone]
+        eagers[backbone] = Extractor(backbone, weights, layer=layers, device="cpu",
+                                     engine="eager")
+    eager = eagers[backbone]
     reference = eager.forward(batch)
     built = build_engine(engine, eager.model, eager.layers,
                          penultimate_module(eager.model, eager.layer_infos), eager.preprocessing,
@@ -93,7 +103,7 @@ def test_auto_default_extractor_matches_eager_on_files(some_jpegs):
 
 
 def test_auto_stays_eager_for_small_jobs(rgb_arrays, monkeypatch):
-    ex = Extractor("resnet18", None, device="cpu")
+    ex = Extractor("resnet18", None, layer="layer1", device="cpu")
     monkeypatch.setattr(extraction, "build_engine", _must_not_build)
     ex.extract(rgb_arrays)
     assert ex.engine_name == "eager" and ex._engine is None
@@ -104,18 +114,16 @@ def _must_not_build(*args, **kwargs):
     raise AssertionError("no engine should be built for a small job")
 
 
-def test_auto_falls_back_when_a_build_fails(rgb_arrays, monkeypatch, tmp_path):
+def test_auto_falls_back_when_a_build_fails(rgb_arrays, monkeypatch):
     def broken(name, *args, **kwargs):
         raise BackboneError(f"simulated: {name} cannot trace this network")
 
     monkeypatch.setattr(extraction, "build_engine", broken)
-    ex = Extractor("resnet18", None, device="cpu")
-    ref = Extractor("resnet18", None, device="cpu", engine="eager")
+    ex = Extractor("resnet18", None, layer="layer1", device="cpu")
     assert ex.prepare_engine() == "eager"
     assert ex._failed_engines == set(auto_candidates(CPU, "fp32")[:-1])
-    assert ex.layer_config("penultimate") == ref.layer_config("penultimate")
-    np.testing.assert_allclose(ex.extract(rgb_arrays).features, ref.extract(rgb_arrays).features,
-                               rtol=1e-5, atol=1e-6)
+    assert ex.layer_config("layer1")["engine"] == "eager"
+    assert ex.extract(rgb_arrays[:2]).features.shape == (2, 64)
 
 
 def test_auto_rejects_an_engine_that_disagrees_with_eager(monkeypatch):

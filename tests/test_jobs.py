@@ -70,7 +70,8 @@ def shared_model(resnet):
     def factory(**options):
         asked.append(options)
         assert options == {"backbone": "resnet18", "weights": None, "layer": None,
-                           "pooling": "avg", "device": "cpu", "precision": "auto"}
+                           "pooling": "avg", "device": "cpu", "precision": "auto",
+                           "engine": "eager"}  # a small job: eager, as extract() decides
         return resnet
 
     with pytest.MonkeyPatch.context() as patch:
@@ -151,7 +152,7 @@ def test_resolve_inputs_folders_globs_lists_once_each(folder, tmp_path):
 
 
 def test_job_file_keys_paths_and_command_line_overrides(tmp_path):
-    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "out").mkdir(parents=True)
     job = tmp_path / "jobs" / "job.toml"
     job.write_text('sources = ["../images", "/abs/*.jpg"]\nlist = "paths.csv"\ncolumn = "file"\n'
                    'cache = "out/feats.h5"\nweights = "none"\nbackbone = "resnet18"\n'
@@ -170,9 +171,13 @@ def test_job_file_keys_paths_and_command_line_overrides(tmp_path):
     assert spec.batch_size == 32  # the command line wins
     assert spec.sources == values["sources"]  # an empty command-line list does not
     assert spec.layers == ["layer2"] and spec.column == "file" and spec.retry_failed is True
-    assert spec.extractor_options()["weights"] is None
+    assert spec.extractor_options(10)["weights"] is None
+    assert spec.extractor_options(10)["engine"] == "eager"
+    assert spec.extractor_options(10_000)["engine"] == "auto"  # resolved by prepare_engine
     assert spec.target == os.path.join(base, "out", "feats.shard-1-of-3.h5")
     assert set(KEYS) >= {"sources", "cache", "backbone", "shard", "scheduler", "failures"}
+    with pytest.raises(JobConfigError, match="does not exist; create it first"):
+        build_spec(values, {"cache": str(tmp_path / "nowhere" / "f.h5")}).validate()
 
 
 @pytest.mark.parametrize("text, match", [
