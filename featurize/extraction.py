@@ -10,10 +10,8 @@ import contextlib
 import logging
 import os
 import stat
-import threading
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -552,9 +550,8 @@ def _warn_failures(failures: dict[int, str], names: list[str], n: int) -> None:
 
 #: Content keys of files already hashed by this process, by (path, device, inode, size, mtime,
 #: ctime): a warm-cache re-run then costs a ``stat`` per file instead of reading every byte.
-_KEY_MEMO: OrderedDict[tuple, str] = OrderedDict()
-_KEY_MEMO_MAX = 500_000
-_KEY_MEMO_LOCK = threading.Lock()
+_KEY_MEMO: dict[tuple, str] = {}
+_KEY_MEMO_MAX = 500_000  # about 150 MB at most; emptied when full
 #: A file modified less than this long before it was hashed is not memoized: a change within
 #: the file system's timestamp granularity could otherwise keep the same stat ("racy git").
 _RACY_NS = 2_000_000_000
@@ -587,16 +584,14 @@ def file_content_key(source) -> str:
     if not stat.S_ISREG(st.st_mode):
         return content_key(source)
     memo = (os.fspath(source), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    with _KEY_MEMO_LOCK:
-        key = _KEY_MEMO.get(memo)
+    key = _KEY_MEMO.get(memo)  # dict reads and writes are atomic: no lock needed
     if key is not None:
         return key
     key = content_key(source)
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
-        with _KEY_MEMO_LOCK:
-            _KEY_MEMO[memo] = key
-            if len(_KEY_MEMO) > _KEY_MEMO_MAX:
-                _KEY_MEMO.popitem(last=False)
+        if len(_KEY_MEMO) >= _KEY_MEMO_MAX:
+            _KEY_MEMO.clear()
+        _KEY_MEMO[memo] = key
     return key
 
 

@@ -19,7 +19,9 @@ batch. What grows with the number of images is the path list and the cache's key
 (about 100 bytes per image each); decoded images and features do not.
 
 Resume is the default: re-running a job computes only what the cache lacks, and an
-interrupted run (Ctrl-C, SIGTERM, SIGKILL) loses at most the batch in flight.
+interrupted run (Ctrl-C, SIGTERM, SIGKILL) loses at most the batch in flight. The inference
+engine is part of the cache key, so it is decided once per job, from the size of the whole
+job (:meth:`JobSpec.extractor_options`), never per shard, partition or run.
 """
 
 from __future__ import annotations
@@ -667,11 +669,17 @@ def _hash(path: str) -> str | None:
         return None
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the main process, which stops after its batch."""
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the main process.
+
+    A terminal sends SIGINT to the whole process group and Slurm sends SIGTERM to every
+    process of the job step; the main process stops after its batch and then shuts the workers
+    down, which it could not do cleanly if they had died first.
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Stream:
@@ -862,7 +870,7 @@ def stream_extract(paths: Sequence[str], extractor, cache, *, read_caches: Seque
             num_workers=num_workers, collate_fn=collate,
             pin_memory=extractor.device.type == "cuda",
             prefetch_factor=2 if num_workers > 0 else None,
-            worker_init_fn=_ignore_sigint if num_workers > 0 else None,
+            worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
         )
         for indices, batch, bad in loader:
             stream.consume(indices, batch, bad)

@@ -133,11 +133,14 @@ def test_two_shards_merged_equal_the_unsharded_run(images, reference, tmp_path):
 
 
 def _start_job(images: Path, cache: Path) -> subprocess.Popen:
+    """The job in a new session (its own process group, as a shell runs a command), with one
+    data-loader process decoding the images."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines", "extract", str(images / "a"), "--cache", str(cache),
-         *MODEL, "--batch-size", "1"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         *MODEL, "--batch-size", "1", "--workers", "1"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
 
 
 def _wait_for_rows(proc: subprocess.Popen, cache: Path, n: int, timeout: float = 90) -> int:
@@ -162,7 +165,7 @@ def test_sigkilled_run_resumed_equals_a_clean_run(images, reference, tmp_path):
     cache = tmp_path / "killed.h5"
     proc = _start_job(images, cache)
     _wait_for_rows(proc, cache, 2)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)  # the job process only, as the OOM killer does
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     done = rows_in(cache)  # the file opens (a commit cut short is replayed from its journal)
@@ -179,7 +182,7 @@ def test_sigint_stops_after_the_batch_then_resumes(images, reference, tmp_path):
     cache = tmp_path / "stopped.h5"
     proc = _start_job(images, cache)
     _wait_for_rows(proc, cache, 2)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole group, data loader included
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "SIGINT received" in stderr and stdout.startswith("interrupted:")

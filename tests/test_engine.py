@@ -193,7 +193,7 @@ def test_resize_crop_matches_pil(some_jpegs):
 
 def test_file_content_key_memo(tmp_path, monkeypatch):
     monkeypatch.setattr(extraction, "_RACY_NS", -10**12)  # memoize files written just now
-    monkeypatch.setattr(extraction, "_KEY_MEMO", extraction.OrderedDict())
+    monkeypatch.setattr(extraction, "_KEY_MEMO", {})
     path = tmp_path / "a.bin"
     path.write_bytes(b"one")
     assert file_content_key(str(path)) == content_key(str(path))
