@@ -67,6 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 160 images, 1 repeat, 16 naive images")
     p.add_argument("--json-out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--compare-engines", action="store_true",
+                   help="instead: model-only images/s of every engine (and eager channels_last),"
+                        " interleaved, with speed-up and feature agreement vs eager fp32")
+    p.add_argument("--with-compile", action="store_true",
+                   help="with --compare-engines: also torch.compile (minutes to compile on CPU)")
     args = p.parse_args(argv)
     if args.quick:
         args.n_images, args.repeats, args.naive_images = 160, 1, 16
@@ -154,10 +159,84 @@ def sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def compare_engines(args, weights, layer) -> dict:
+    """Model-only images/s of each engine on the same batches, interleaved; agreement vs eager."""
+    from featurize.engine import available_engines, compare_features
+    from featurize.extraction import Extractor
+
+    device = torch.device(args.device if args.device != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    variants = {"eager": dict(engine="eager", channels_last=False),
+                "eager channels_last": dict(engine="eager", channels_last=True)}
+    for name in ("torchscript", "onnxruntime") + (("compile",) if args.with_compile else ()):
+        if name in available_engines(device):
+            variants[name] = dict(engine=name)
+    extractors, build = {}, {}
+    for label, options in variants.items():
+        start = time.perf_counter()
+        ex = Extractor(args.backbone, weights, layer, device=device, precision="fp32", **options)
+        ex.prepare_engine()
+        build[label] = time.perf_counter() - start
+        extractors[label] = ex
+    reference = extractors["eager"]
+    size = reference.preprocessing.crop_size
+    generator = torch.Generator().manual_seed(0)
+    batch_size = args.batch_size or 32
+    n = min(args.n_images, 4 * batch_size) if not args.quick else batch_size
+    batches = [torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8,
+                             generator=generator).to(device) for _ in range(n // batch_size)]
+    expected = reference.forward(batches[0])
+    agreement = {}
+    for label, ex in extractors.items():
+        got = ex.forward(batches[0])  # also the warm-up
+        min_cos, max_abs = compare_features(expected, got)
+        agreement[label] = {"min_cosine": min_cos, "max_abs_diff": max_abs}
+    times = {label: [] for label in extractors}
+    for _ in range(args.repeats):
+        for label, ex in extractors.items():
+            start = time.perf_counter()
+            for batch in batches:
+                ex.forward(batch)
+            sync(device)
+            times[label].append(time.perf_counter() - start)
+    images = len(batches) * batch_size
+    report = {"backbone": args.backbone, "device": str(device), "batch_size": batch_size,
+              "images_per_repeat": images, "repeats": args.repeats,
+              "torch_threads": torch.get_num_threads(), "engines": {}}
+    print(f"\nmodel-only, {args.backbone} on {device}, batch {batch_size}, fp32,"
+          f" {torch.get_num_threads()} threads, median of {args.repeats} interleaved repeats")
+    print(f"{'engine':<22}{'images/s':>10}{'vs eager':>10}{'min cos':>10}{'max abs':>10}"
+          f"{'build s':>9}")
+    for label in extractors:
+        speedup = statistics.median(e / t for e, t in zip(times["eager"], times[label]))
+        rate = images / statistics.median(times[label])
+        report["engines"][label] = {"images_per_s": round(rate, 2),
+                                    "speedup_vs_eager": round(speedup, 3),
+                                    "build_s": round(build[label], 2), **agreement[label]}
+        print(f"{label:<22}{rate:>10.1f}{speedup:>10.2f}{agreement[label]['min_cosine']:>10.6f}"
+              f"{agreement[label]['max_abs_diff']:>10.2g}{build[label]:>9.1f}")
+    return report
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.compare_engines:
+        weights = None if str(args.weights).lower() == "none" else args.weights
+        from featurize.backbones import load_backbone
+        from featurize.exceptions import WeightsNotFoundError
+
+        try:
+            load_backbone(args.backbone, weights)
+        except WeightsNotFoundError:
+            weights = None
+        report = compare_engines(args, weights, args.layer.split(",") if args.layer else None)
+        line = json.dumps(report)
+        print(line)
+        if args.json_out:
+            args.json_out.write_text(line + "\n")
+        return 0
     from featurize.backbones import load_backbone
     from featurize.data import ImageDataset, collate
     from featurize.exceptions import WeightsNotFoundError
@@ -271,6 +350,7 @@ def main(argv=None) -> int:
         "draft": extractor.draft, "failures": len(failures),
         "images_per_s": {k: round(v, 2) for k, v in med.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "per_repeat": {k: [round(x, 2) for x in v] for k, v in results.items() if v},
         "limiting_stage": limiting, "naive_vs_end_to_end": agreement,
         "peak_rss": peak_rss_mb(),
         "machine": {"cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -293,6 +373,9 @@ def main(argv=None) -> int:
             print(f"{label:<34}{med[key]:>10.1f}")
     for key, value in ratios.items():
         print(f"{key:<34}{value:>10.3f}")
+    spread = [e / m for e, m, _, _ in per_rep]
+    print(f"{'  end_to_end/model_only per repeat':<36}"
+          f"{', '.join(f'{x:.2f}' for x in spread):>10}")
     print(f"{'limiting stage':<34}{limiting:>10}")
     if agreement:
         print(f"end-to-end vs naive features: min cosine {agreement['min_cosine']:.5f}, max abs"

@@ -24,8 +24,10 @@
 
 Every engine computes the same function as eager fp32 up to floating-point rounding (cosine
 >= 0.999 is checked by ``tests/test_engine.py``; typically max abs diff ~1e-5). An ``"auto"``
-engine is also checked when it is built, against eager on a small batch, and dropped for eager
-if it disagrees. The engine name is part of the cache key (``Extractor.layer_config``).
+engine is built only for calls of at least :data:`AUTO_MIN_IMAGES` images, and checked when it
+is built, against eager on a small batch: one that fails to build or disagrees is dropped for
+the next candidate (eager last). The engine name is part of the cache key
+(``Extractor.layer_config``).
 
 Truncation: forward hooks record the requested layers while the whole network is traced once;
 tracing keeps only the operations the recorded outputs depend on, so the layers after the last

@@ -575,15 +575,19 @@ def file_content_key(source) -> str:
     """
     from featurize.cache import content_key
 
-    if not isinstance(source, (str, os.PathLike)):
+    if isinstance(source, str):  # the common case first: isinstance(x, os.PathLike) is slow
+        path = source
+    elif isinstance(source, os.PathLike):
+        path = os.fspath(source)
+    else:
         return content_key(source)
     try:
-        st = os.stat(source)
-    except OSError:
+        st = os.stat(path)
+    except (OSError, ValueError):
         return content_key(source)  # raises the error content_key gives
     if not stat.S_ISREG(st.st_mode):
         return content_key(source)
-    memo = (os.fspath(source), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    memo = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     key = _KEY_MEMO.get(memo)  # dict reads and writes are atomic: no lock needed
     if key is not None:
         return key
