@@ -10,11 +10,14 @@ Weights are never downloaded. They come from
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import os
 import re
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -77,6 +80,25 @@ def list_backbones() -> list[str]:
     return list(_EFFICIENTNET_LITE) + _torchvision_names()
 
 
+#: Loaded backbones kept in memory (pristine, on the CPU), so that re-fitting a cloned
+#: CNNFeaturizer (GridSearchCV, cross_val_score) does not rebuild and reload the network.
+_MEMO: OrderedDict = OrderedDict()
+_MEMO_SIZE = 3
+_MEMO_LOCK = threading.Lock()
+
+
+def _memo_key(name: str, weights) -> tuple:
+    if weights is None:
+        return (name, None)
+    text = os.fspath(weights)
+    if _is_path(weights):
+        try:
+            return (name, checkpoint_sha256(text))  # by content: an edited file is reloaded
+        except OSError:
+            return (name, text, None)  # not memoized: loading will raise
+    return (name, text, torch.hub.get_dir())
+
+
 def load_backbone(name: str, weights: str | os.PathLike | None = "DEFAULT") -> Backbone:
     """Build a backbone and load its weights, without any network access.
 
@@ -98,7 +120,28 @@ def load_backbone(name: str, weights: str | os.PathLike | None = "DEFAULT") -> B
         Unknown backbone or weights name.
     WeightsNotFoundError
         The weights are not on this machine (featurize never downloads them).
+
+    Notes
+    -----
+    The last few backbones loaded are kept in memory (on the CPU); each call returns its own
+    deep copy of the network, so callers may move or modify it freely.
     """
+    key = _memo_key(name, weights)
+    with _MEMO_LOCK:
+        cached = _MEMO.get(key)
+        if cached is not None:
+            _MEMO.move_to_end(key)
+    if cached is None:
+        cached = _load_uncached(name, weights)
+        if key[-1] is not None:
+            with _MEMO_LOCK:
+                _MEMO[key] = cached
+                while len(_MEMO) > _MEMO_SIZE:
+                    _MEMO.popitem(last=False)
+    return replace(cached, model=copy.deepcopy(cached.model))
+
+
+def _load_uncached(name: str, weights) -> Backbone:
     if name in _EFFICIENTNET_LITE:
         return _load_efficientnet_lite(name, weights)
     if name in _torchvision_names():

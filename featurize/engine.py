@@ -26,8 +26,10 @@ Every engine computes the same function as eager fp32 up to floating-point round
 >= 0.999 is checked by ``tests/test_engine.py``; typically max abs diff ~1e-5). An ``"auto"``
 engine is built only for calls of at least :data:`AUTO_MIN_IMAGES` images, and checked when it
 is built, against eager on a small batch: one that fails to build or disagrees is dropped for
-the next candidate (eager last). The engine name is part of the cache key
-(``Extractor.layer_config``).
+the next candidate (eager last). The engine is not part of the cache key
+(``Extractor.layer_config``): like a CPU and a GPU run of the same model, engines differ only
+by float rounding, and a cache must serve a small eager call the rows a large job computed
+with a faster engine.
 
 Truncation: forward hooks record the requested layers while the whole network is traced once;
 tracing keeps only the operations the recorded outputs depend on, so the layers after the last

@@ -157,7 +157,9 @@ class Extractor:
         reference. ``"auto"``: for calls of at least
         :data:`~featurize.engine.AUTO_MIN_IMAGES` images on the CPU in fp32, the fastest engine
         installed (ONNX Runtime, else a frozen TorchScript graph), checked against eager when
-        built; eager otherwise. The engine used is part of the cache key.
+        built; eager otherwise. Engines agree with eager up to float rounding (as CPU and GPU
+        runs do), so the engine is not part of the cache key: rows cached by a fast engine serve
+        an eager call and vice versa.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights="DEFAULT", layer=None,
@@ -229,7 +231,6 @@ class Extractor:
             "precision": self.precision,
             "draft": bool(self.draft),
             "max_pixels": int(self.max_pixels),
-            "engine": self.engine_name,
             "feature_version": FEATURE_VERSION,
         }
 
@@ -480,7 +481,7 @@ class Extractor:
              num_workers, on_error, verbose) -> int:
         if not rows:
             return 0
-        self._ensure_engine()  # an "auto" engine that fails to build falls back: new keys
+        self._ensure_engine()  # an "auto" engine that fails to build falls back to eager
         configs = {name: self.layer_config(name) for name in self.layers}
         if num_workers is None:
             in_memory = not all(isinstance(sources[r], (str, os.PathLike)) for r in rows)

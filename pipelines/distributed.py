@@ -372,9 +372,9 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
                        "merges them.", parts_dir)
     if len(engines) > 1:
         logger.warning(
-            "the workers ran different engines (%s): the engine is part of the cache key, so "
-            "%s holds one configuration per engine. Give every worker the same packages, or "
-            "pass --engine NAME.", ", ".join(f"{k} on {v}" for k, v in engines.items()), target)
+            "the workers ran different engines (%s): rows in %s differ by float rounding "
+            "depending on the worker. Give every worker the same packages, or pass --engine "
+            "NAME.", ", ".join(f"{k} on {v}" for k, v in engines.items()), target)
     if error is not None:
         raise DaskJobError(f"a Dask task failed: {type(error).__name__}: {error}") from error
     return totals

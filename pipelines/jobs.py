@@ -20,8 +20,10 @@ batch. What grows with the number of images is the path list and the cache's key
 
 Resume is the default: re-running a job computes only what the cache lacks, and an
 interrupted run (Ctrl-C, SIGTERM, SIGKILL) loses at most the batch in flight. The inference
-engine is part of the cache key, so it is decided once per job, from the size of the whole
-job (:meth:`JobSpec.extractor_options`), never per shard, partition or run.
+engine is decided once per job, from the size of the whole job
+(:meth:`JobSpec.extractor_options`), never per shard, partition or run, so that all rows of a
+job (and of its resumed runs) come from one engine. (Engines differ only by float rounding and
+are not part of the cache key.)
 """
 
 from __future__ import annotations
@@ -211,8 +213,9 @@ class JobSpec:
     def extractor_options(self, n_inputs: int) -> dict[str, Any]:
         """Keyword arguments of :class:`featurize.extraction.Extractor` (JSON-able).
 
-        The engine is part of the cache key, so every run, shard and Dask worker of a job must
-        use the same one. ``engine="auto"`` is therefore decided from the number of inputs of
+        Every run, shard and Dask worker of a job uses the same engine, so a resumed or sharded
+        job is bitwise equal to an uninterrupted one (engines differ by float rounding only, and
+        are not part of the cache key). ``engine="auto"`` is therefore decided from the number of inputs of
         the whole job (before sharding), as :meth:`Extractor.extract` decides it for a call
         with that many images: ``"eager"`` below ``featurize.engine.AUTO_MIN_IMAGES``, else
         ``"auto"``, which :meth:`Extractor.prepare_engine` resolves to the fastest engine

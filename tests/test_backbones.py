@@ -104,3 +104,19 @@ def test_every_required_torchvision_backbone_has_a_penultimate_layer(name):
     layers = list_layers(name)
     assert layers[-1].name == "penultimate"
     assert len(layers[-1].shape) == 1 and layers[-1].shape[0] >= 512
+
+
+def test_memoized_backbones_are_independent_copies(tmp_path):
+    first = load_backbone("resnet18", weights=None)
+    with torch.no_grad():
+        first.model.fc.weight.zero_()
+    second = load_backbone("resnet18", weights=None)
+    assert second.model is not first.model and second.model.fc.weight.abs().sum() > 0
+    path = tmp_path / "ckpt.pth"
+    state = second.model.state_dict()
+    torch.save(state, path)
+    a = load_backbone("resnet18", weights=path)
+    state["fc.bias"] = state["fc.bias"] + 1.0
+    torch.save(state, path)  # a changed file is loaded again, not served from memory
+    b = load_backbone("resnet18", weights=path)
+    assert torch.equal(b.model.fc.bias, a.model.fc.bias + 1.0)
