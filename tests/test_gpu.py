@@ -37,7 +37,8 @@ def _bf16_ok() -> bool:
 
 @pytest.mark.parametrize("precision", [
     "fp32", "fp16",
-    pytest.param("bf16", marks=pytest.mark.skipif(not _bf16_ok(), reason="no bf16 on this GPU")),
+    pytest.param("bf16", marks=pytest.mark.skipif(not _bf16_ok(),
+                                                  reason="needs a CUDA GPU with bf16")),
 ])
 def test_cuda_precisions_agree_with_fp32_on_cpu(precision, some_jpegs, cpu_reference):
     ex = Extractor("efficientnet_lite0", device="cuda", precision=precision)
