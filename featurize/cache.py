@@ -201,8 +201,16 @@ def _resolve_id(config_or_id: Mapping[str, Any] | str) -> str:
 
 
 def _normalize_keys(keys: Any) -> list[bytes]:
+    seq = keys.tolist() if isinstance(keys, np.ndarray) else keys
+    try:  # fast path, the common case: ASCII str keys as made by content_key
+        fast = [key.encode("ascii") for key in seq]
+    except (AttributeError, UnicodeEncodeError):
+        fast = None
+    if fast is not None and b"\0" not in b"".join(fast) and all(
+            0 < len(raw) <= _KEY_LEN for raw in fast):
+        return fast
     out = []
-    for key in (keys.tolist() if isinstance(keys, np.ndarray) else keys):
+    for key in seq:
         if isinstance(key, str):
             raw = key.encode("ascii") if key.isascii() else b""
         else:

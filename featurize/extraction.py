@@ -469,7 +469,7 @@ class Extractor:
             if found.any():
                 out[np.asarray(rows, dtype=np.int64)[found], cols[name]] = feats
             have &= found
-        if not retry_failed:
+        if not retry_failed and not have.all():  # all found: no need to open the file again
             known = cache.failures(configs[self.layers[0]])
             for row, key, hit in zip(rows, row_keys, have):
                 if not hit and key in known:

@@ -116,3 +116,33 @@ def test_common_behaviours_on_images(some_jpegs):
     np.testing.assert_allclose(f.transform(some_jpegs[2:4]), X[2:4], rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(f.fit(some_jpegs[:2]).transform(some_jpegs[:6]), X)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(f)).transform(some_jpegs[:6]), X)
+
+
+def test_cross_val_score_with_cache_runs_the_network_once_per_image(some_jpegs, tmp_path,
+                                                                      monkeypatch):
+    """Issue 3: with a cache, 5-fold CV extracts each image once in total, not once per fold."""
+    from featurize.extraction import Extractor
+
+    computed = []
+    real = Extractor._forward_once
+
+    def counting(self, batch):
+        computed.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(Extractor, "_forward_once", counting)
+    y = np.array([0] * 6 + [1] * 6)
+
+    def pipe(cache):
+        return make_pipeline(CNNFeaturizer(cache=cache, **RANDOM), StandardScaler(),
+                             LogisticRegression(max_iter=500))
+
+    uncached = cross_val_score(pipe(None), some_jpegs, y, cv=5)
+    assert sum(computed) == 5 * len(some_jpegs)  # every fold transforms every image once
+    computed.clear()
+    cached = cross_val_score(pipe(tmp_path / "feats.h5"), some_jpegs, y, cv=5)
+    assert sum(computed) == len(some_jpegs)
+    np.testing.assert_allclose(cached, uncached)
+    computed.clear()
+    cross_val_score(pipe(tmp_path / "feats.h5"), some_jpegs, y, cv=3)
+    assert sum(computed) == 0  # a re-run (other folds, same images) computes nothing
