@@ -168,3 +168,33 @@ def test_non_finite_network_output_is_a_failure_not_a_cached_row(rgb_arrays, tmp
     assert np.isnan(result.features[1]).all() and np.isfinite(result.features[[0, 2]]).all()
     (info,) = cache.configurations()
     assert info["count"] == 2
+
+
+def test_cache_misses_exactly_what_changed(some_jpegs, tmp_path):
+    """Issue 3: backbone, weights, layer, pooling or one byte of one image: a miss for that."""
+    import shutil
+
+    images = []
+    for p in some_jpegs[:3]:
+        images.append(str(shutil.copy(p, tmp_path)))
+    cache = tmp_path / "feats.h5"
+
+    def run(backbone="resnet18", weights=None, layer="layer3", pooling="avg", paths=images):
+        ex = Extractor(backbone, weights, layer=layer, pooling=pooling, device="cpu")
+        result = ex.extract(paths, cache=cache, num_workers=0)
+        return result.n_computed, result.n_cached
+
+    assert run() == (3, 0)
+    assert run() == (0, 3)
+    assert run(backbone="resnet34") == (3, 0)
+    ckpt = tmp_path / "w.pth"
+    torch.save(Extractor("resnet18", None, device="cpu").model.state_dict(), ckpt)
+    assert run(weights=str(ckpt)) == (3, 0)  # same numbers, but another weights identity
+    assert run(layer="layer4") == (3, 0)
+    assert run(pooling="max") == (3, 0)
+    with open(images[1], "ab") as fh:  # one byte more after the JPEG end: decodes the same
+        fh.write(b"\0")
+    assert run() == (1, 2)
+    moved = str(tmp_path / "renamed.jpg")
+    shutil.move(images[0], moved)
+    assert run(paths=[moved, images[1], images[2]]) == (0, 3)  # a renamed file still hits
