@@ -190,8 +190,13 @@ def candidate_features(data, args):
         failures.update(failed)
         start = 0
         for layer in layers:
-            blocks[(layer, pooling)] = X[:, start:start + widths[layer]]
+            block = X[:, start:start + widths[layer]]
             start += widths[layer]
+            same = blocks.get((layer, poolings[0]))
+            if pooling != poolings[0] and same is not None and np.array_equal(
+                    block, same, equal_nan=True):
+                continue  # a vector layer (e.g. penultimate): every pooling is the identity
+            blocks[(layer, pooling)] = block
     keep = np.setdiff1d(np.arange(len(data.paths)), list(failures))
     y = np.asarray(data.target_names)[data.target]
     return {key: X[keep] for key, X in blocks.items()}, y[keep], failures, layers

@@ -154,3 +154,14 @@ def test_default_layers():
     vit = [info("conv_proj", (768, 14, 14)), info("encoder", (197, 768)),
            info("penultimate", (768,))]
     assert default_layers(vit) == ["penultimate"]
+
+
+def test_sweep_skips_poolings_of_vector_layers(trained, trees, capsys):
+    """Pooling a vector (penultimate) is the identity: it is one candidate, not one per pooling."""
+    _, cache = trained
+    capsys.readouterr()
+    code = main(["sweep", str(trees / "train"), "--cache", str(cache), "--poolings", "avg,max",
+                 "--heads", "logreg", "--format", "json", *FAST])
+    assert code == 0
+    cells = {(r["layer"], r["pooling"]) for r in json.loads(capsys.readouterr().out)}
+    assert cells == {("blocks.10", "avg"), ("blocks.10", "max"), ("penultimate", "avg")}
