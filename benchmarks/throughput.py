@@ -39,8 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hymenoptera_data"
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -237,10 +237,10 @@ def main(argv=None) -> int:
         if args.json_out:
             args.json_out.write_text(line + "\n")
         return 0
+    from featurize import extraction
     from featurize.backbones import load_backbone
     from featurize.data import ImageDataset, collate
     from featurize.exceptions import WeightsNotFoundError
-    from featurize import extraction
     from featurize.extraction import Extractor, default_num_workers
 
     data = args.data.resolve()

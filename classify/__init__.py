@@ -32,15 +32,15 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DEFAULT_HEADS",
+    "FORMAT_VERSION",
+    "HEADS",
+    "SCORE_NAMES",
     "AdaptiveStratifiedKFold",
     "AutoClassifier",
     "CVResult",
-    "DEFAULT_HEADS",
-    "FORMAT_VERSION",
     "FittedModel",
-    "HEADS",
     "NestedCVResult",
-    "SCORE_NAMES",
     "SelectionResult",
     "SmallClassWarning",
     "compute_scores",

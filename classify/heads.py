@@ -31,7 +31,7 @@ from sklearn.svm import SVC, LinearSVC
 
 from classify.splits import AdaptiveStratifiedKFold
 
-__all__ = ["HeadSpec", "HEADS", "list_heads", "make_head", "default_param_grid"]
+__all__ = ["HEADS", "HeadSpec", "default_param_grid", "list_heads", "make_head"]
 
 #: Name of the standardization step and of the classifier step in every head pipeline.
 SCALER_STEP = "scale"

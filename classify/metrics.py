@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SCORE_NAMES", "GREATER_IS_BETTER", "compute_scores"]
+__all__ = ["GREATER_IS_BETTER", "SCORE_NAMES", "compute_scores"]
 
 #: Scores reported everywhere, in this order. ``log_loss`` is NaN for heads without
 #: probabilities.

@@ -30,7 +30,7 @@ from classify.selection import SelectionResult, feature_set_name, select_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "FittedModel", "train_model", "load_model"]
+__all__ = ["FORMAT_VERSION", "FittedModel", "load_model", "train_model"]
 
 #: Layout version of saved model files; bump it when a change makes old files unreadable.
 FORMAT_VERSION = 1

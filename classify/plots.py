@@ -12,8 +12,12 @@ import pandas as pd
 
 from classify.metrics import SCORE_NAMES
 
-__all__ = ["plot_confusion_matrix", "plot_selection_heatmap", "plot_layer_scores",
-           "plot_c_curve"]
+__all__ = [
+    "plot_c_curve",
+    "plot_confusion_matrix",
+    "plot_layer_scores",
+    "plot_selection_heatmap",
+]
 
 
 def _axes(ax, figsize):

@@ -12,10 +12,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from classify.metrics import SCORE_NAMES
 
 __all__ = [
-    "per_class_report",
     "confusion_frame",
-    "format_scores",
     "format_frame",
+    "format_scores",
+    "per_class_report",
 ]
 
 

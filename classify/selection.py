@@ -39,12 +39,12 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_HEADS",
-    "SelectionResult",
     "NestedCVResult",
-    "select_model",
-    "nested_cross_validate",
-    "split_columns",
+    "SelectionResult",
     "feature_set_name",
+    "nested_cross_validate",
+    "select_model",
+    "split_columns",
 ]
 
 DEFAULT_HEADS = ("logreg", "linear_svm", "rbf_svm")

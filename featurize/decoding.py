@@ -413,7 +413,7 @@ def _open_path(source: str | os.PathLike[str], name: str) -> Iterator[IO[bytes]]
             raise ImageDecodeError(name, "not a regular file (a device, socket or pipe)")
         if info.st_size == 0:
             raise ImageDecodeError(name, "empty file (0 bytes)")
-        fp = open(path, "rb")  # noqa: SIM115 - closed below
+        fp = open(path, "rb")
     except ImageDecodeError:
         raise
     except OSError as exc:

@@ -89,7 +89,8 @@ def trace_layers(model: nn.Module, image_size: int = 224) -> list[LayerInfo]:
     order = list(shapes)  # dicts keep insertion order = order of first output
     layers = [LayerInfo(n, shapes[n], kinds[n]) for n in order if calls.get(n) == 1]
     if linear_inputs and calls.get(linear_inputs[-1][0]) == 1:
-        layers.append(LayerInfo(PENULTIMATE, linear_inputs[-1][1], f"input of {linear_inputs[-1][0]}"))
+        name, shape = linear_inputs[-1]
+        layers.append(LayerInfo(PENULTIMATE, shape, f"input of {name}"))
     return layers
 
 

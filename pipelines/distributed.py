@@ -204,7 +204,7 @@ def connect(scheduler: str) -> Iterator[tuple[Any, bool]]:
     kind, value = parse_scheduler(scheduler)
     if kind == "local":
         try:
-            import bokeh  # noqa: F401  (the dashboard needs it)
+            import bokeh
 
             dashboard: str | None = ":0"
         except ImportError:

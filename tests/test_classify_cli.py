@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from pipelines.cli import main  # noqa: E402
-from pipelines.cmd_train import default_layers  # noqa: E402
+from pipelines.cli import main
+from pipelines.cmd_train import default_layers
 
 FAST = ["--layers", "blocks.10,penultimate", "--folds", "3", "--repeats", "1", "--jobs", "1",
         "--device", "cpu", "--num-workers", "0"]

@@ -198,7 +198,7 @@ def _child(argv: list[str], out: Path, err: Path) -> None:
         from pipelines.cli import main
 
         code = main(argv)
-    except BaseException:  # noqa: BLE001 - reported through stderr and the exit code
+    except BaseException:
         traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
