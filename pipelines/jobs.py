@@ -216,11 +216,11 @@ class JobSpec:
         Every run, shard and Dask worker of a job uses the same engine, so a resumed or sharded
         job is bitwise equal to an uninterrupted one (engines differ by float rounding only, and
         are not part of the cache key). ``engine="auto"`` is therefore decided from the number
-        of inputs of the whole job (before sharding), as :meth:`Extractor.extract` decides it for a call
-        with that many images: ``"eager"`` below ``featurize.engine.AUTO_MIN_IMAGES``, else
-        ``"auto"``, which :meth:`Extractor.prepare_engine` resolves to the fastest engine
-        installed. ``extract_features(paths, cache=...)`` on the same images then finds the
-        job's rows.
+        of inputs of the whole job (before sharding), as :meth:`Extractor.extract` decides it
+        for a call with that many images: ``"eager"`` below
+        ``featurize.engine.AUTO_MIN_IMAGES``, else ``"auto"``, which
+        :meth:`Extractor.prepare_engine` resolves to the fastest engine installed.
+        ``extract_features(paths, cache=...)`` on the same images then finds the job's rows.
 
         Parameters
         ----------
