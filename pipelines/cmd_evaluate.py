@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     per_class = per_class_report(true_codes, pred_codes, classes)
     confusion = confusion_frame(true_codes, pred_codes, classes)
     if args.json:
-        out = {name: (None if value != value else value) for name, value in scores.items()}
+        out = {name: (None if np.isnan(value) else value) for name, value in scores.items()}
         out.update({
             "n_images": int(len(data.paths)),
             "n_scored": int(ok.size),

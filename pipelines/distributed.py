@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import json
 import logging
 import os
@@ -203,12 +204,8 @@ def connect(scheduler: str) -> Iterator[tuple[Any, bool]]:
 
     kind, value = parse_scheduler(scheduler)
     if kind == "local":
-        try:
-            import bokeh
-
-            dashboard: str | None = ":0"
-        except ImportError:
-            dashboard = None
+        # the dashboard needs bokeh; without it, no dashboard rather than a warning
+        dashboard = ":0" if importlib.util.find_spec("bokeh") is not None else None
         cluster = LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
                                dashboard_address=dashboard)
         client = Client(cluster)

@@ -32,6 +32,7 @@ import contextlib
 import csv
 import hashlib
 import logging
+import math
 import os
 import re
 import sys
@@ -461,7 +462,7 @@ class _LogProgress(Progress):
 
 
 def _duration(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):  # NaN or inf
+    if not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)

@@ -19,19 +19,13 @@ from featurize.cache import FeatureCache
 from pipelines import cli
 from pipelines.distributed import parse_scheduler, part_path
 from pipelines.jobs import JobConfigError, JobSpec, run_job
+from tests.test_cli_extract import contents
 
 distributed = pytest.importorskip("distributed")
 
 RANDOM = {"backbone": "resnet18", "weights": "none", "device": "cpu"}
 
 
-def contents(path) -> tuple[np.ndarray, np.ndarray, dict]:
-    cache = FeatureCache(path)
-    (conf,) = cache.configurations()
-    keys, _, feats = cache.export(conf["id"])
-    order = np.argsort(keys)
-    failures = {k: reason for k, (_, reason) in cache.failures(conf["config"]).items()}
-    return keys[order], feats[order], failures
 
 
 def assert_same(path, reference) -> None:
