@@ -23,6 +23,7 @@ import pytest
 
 from featurize.cache import FeatureCache, content_key
 from pipelines import cli
+from tests.conftest import cache_contents as contents
 from tests.corpus import fail_items, make_corpus, ok_items
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,16 +37,6 @@ def featurize(*args: str) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main([str(a) for a in args])
     return code, out.getvalue(), err.getvalue()
-
-
-def contents(path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(keys, features) of a one-configuration cache sorted by key, and its failures by key."""
-    cache = FeatureCache(path)
-    (conf,) = cache.configurations()
-    keys, _, feats = cache.export(conf["id"])
-    order = np.argsort(keys)
-    failures = {k: reason for k, (_, reason) in cache.failures(conf["config"]).items()}
-    return keys[order], feats[order], failures
 
 
 def assert_same_cache(path, reference, keys=None) -> None:
