@@ -27,7 +27,7 @@ _LAZY = {
     "list_images": "featurize.folder",
     "FeatureCache": "featurize.cache",
     "content_key": "featurize.cache",
-    "merge_caches": "featurize.cache",
+    "merge_caches": "featurize.cache_tools",
     "FeaturizeError": "featurize.exceptions",
     "ImageDecodeError": "featurize.exceptions",
     "BackboneError": "featurize.exceptions",

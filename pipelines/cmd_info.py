@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from featurize.cache import cache_info, describe
+from featurize.cache_tools import cache_info, describe
 from featurize.exceptions import CacheError
 
 NAME = "info"

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from featurize.cache import merge_caches
+from featurize.cache_tools import merge_caches
 from featurize.exceptions import CacheError
 
 NAME = "merge"

@@ -9,7 +9,7 @@ submits one task per partition. On the workers:
   into the process's own part file ``<parts_dir>/part-<host>-<pid>.h5``, so no two processes
   ever write the same file;
 * when every partition is done, the client merges the part files into the target cache
-  (:func:`featurize.cache.merge_caches`: bit-for-bit copies, duplicate keys skipped) and
+  (:func:`featurize.cache_tools.merge_caches`: bit-for-bit copies, duplicate keys skipped) and
   removes them.
 
 A worker that dies mid-job loses only its unfinished partitions: Dask reschedules them on
@@ -232,9 +232,9 @@ def merge_parts(parts_dir: str, target: str, *, remove: bool = True) -> dict[str
     Returns
     -------
     counts : dict or None
-        What :func:`featurize.cache.merge_caches` returned; None when there was no part file.
+        What :func:`featurize.cache_tools.merge_caches` returned; None when there was no part file.
     """
-    from featurize.cache import merge_caches
+    from featurize.cache_tools import merge_caches
 
     parts = sorted(glob.glob(os.path.join(glob.escape(parts_dir), _PART_PATTERN)))
     if not parts:

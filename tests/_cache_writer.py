@@ -50,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from featurize import cache as cache_module
+    from featurize import journal
 
-    original_apply = cache_module._apply_journal
+    original_apply = journal._apply_journal
     calls = [0]
 
     def instrumented_apply(fd, cut, final_size, extents):
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         original_apply(fd, cut, final_size, extents)
 
-    cache_module._apply_journal = instrumented_apply
+    journal._apply_journal = instrumented_apply
     cache = cache_module.FeatureCache(args.path, dtype=args.dtype, lock_timeout=30)
     start, stop, *step = (int(x) for x in args.batches.split(":"))
     print("ready", flush=True)

@@ -26,12 +26,10 @@ from featurize.cache import (
     CacheLockedError,
     ConfigNotFoundError,
     FeatureCache,
-    cache_info,
     config_id,
     content_key,
-    describe,
-    merge_caches,
 )
+from featurize.cache_tools import cache_info, describe, merge_caches
 from featurize.exceptions import CacheError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,7 +288,7 @@ def test_pickle_carries_parameters_only(tmp_path):
     cache.write(CONFIG, keys, x, paths)
     cache.lookup(CONFIG, keys)
     state = cache.__getstate__()
-    assert set(state) == {"path", "dtype", "lock_timeout", "fsync"}
+    assert set(state) == {"path", "dtype", "lock_timeout", "fsync", "single_writer"}
     clone = pickle.loads(pickle.dumps(cache))
     assert (clone.path, clone.dtype, clone.lock_timeout) == (cache.path, "float16", 5)
     assert clone.lookup(CONFIG, keys)[0].all()
@@ -624,7 +622,7 @@ def test_failed_write_leaves_the_file_untouched(tmp_path, monkeypatch):
         raise RuntimeError("simulated failure inside the transaction")
 
     monkeypatch.setattr(FeatureCache, "_forget_failures", boom)
-    with pytest.raises(CacheError):
+    with pytest.raises(RuntimeError, match="simulated"):  # not called a corrupted cache
         cache.write(CONFIG, *batch(5, seed=1))
     assert path.read_bytes() == before
     monkeypatch.undo()
