@@ -161,7 +161,7 @@ def sync(device) -> None:
 
 def compare_engines(args, weights, layer) -> dict:
     """Model-only images/s of each engine on the same batches, interleaved; agreement vs eager."""
-    from featurize.engine import available_engines, compare_features
+    from featurize.runtimes import available_engines, compare_features
     from featurize.extraction import Extractor
 
     device = torch.device(args.device if args.device != "auto" else
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     batch_size = args.batch_size or Extractor.extract.__kwdefaults__["batch_size"]
     n = args.n_images
     t0 = time.perf_counter()
-    engine = extractor.prepare_engine(n)
+    engine = extractor.prepare_engine()
     build_s = time.perf_counter() - t0
     workers = (args.num_workers if args.num_workers is not None
                else default_num_workers(n, batch_size, extractor.device))
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
         if warm.n_computed:
             print(f"# warning: the warm run computed {warm.n_computed} rows", file=sys.stderr)
         # 4b. warm cache as a new process sees it: every file hashed again
-        extraction._KEY_MEMO.clear()
+        keys._KEY_MEMO.clear()
         start = time.perf_counter()
         extractor.extract(paths, cache=cache, batch_size=batch_size, num_workers=workers,
                           on_error="nan")

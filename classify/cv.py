@@ -15,7 +15,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array
 
-from classify import _engine
+from classify import _evaluation
 from classify.heads import make_head
 from classify.metrics import SCORE_NAMES
 from classify.reports import confusion_frame, format_frame, format_scores, per_class_report
@@ -139,7 +139,7 @@ def build_cv_result(evaluation, candidate, splits, split_ids, classes, y, plan, 
         row.update(zip(SCORE_NAMES, evaluation.scores[candidate, s]))
         row["fit_time"] = evaluation.fit_times[candidate, s]
         rows.append(row)
-    oof = _engine.out_of_fold(evaluation, candidate, splits, split_ids, len(y), n_repeats)
+    oof = _evaluation.out_of_fold(evaluation, candidate, splits, split_ids, len(y), n_repeats)
     return CVResult(classes=classes, y=y, fold_scores=pd.DataFrame(rows), oof_predictions=oof,
                     n_splits=plan.n_splits, n_repeats=n_repeats, random_state=random_state,
                     notes=plan.notes)
@@ -181,7 +181,7 @@ def cross_validate_head(head: str | BaseEstimator, X, y, *, n_splits: int = 5,
     if len(codes) != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {len(codes)} labels.")
     splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
-    evaluation = _engine.evaluate([X], codes, [_engine.Candidate(0, estimator)], splits,
+    evaluation = _evaluation.evaluate([X], codes, [_evaluation.Candidate(0, estimator)], splits,
                                   n_jobs=n_jobs, verbose=verbose)
     if evaluation.errors:
         raise ValueError(f"The head failed to fit on a fold: {evaluation.errors[0]}")

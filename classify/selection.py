@@ -28,7 +28,7 @@ from sklearn.base import BaseEstimator, clone
 from sklearn.model_selection import ParameterGrid
 from sklearn.utils.validation import check_array
 
-from classify import _engine
+from classify import _evaluation
 from classify.cv import CVResult, build_cv_result, encode_labels, make_splits
 from classify.heads import HEADS, default_param_grid, make_head
 from classify.metrics import GREATER_IS_BETTER, SCORE_NAMES
@@ -143,7 +143,7 @@ def _build_candidates(n_sets: int, heads, param_grids, probability: bool):
                 est = clone(estimator).set_params(**params)
             built.append((params, est))
         per_head.append((name, built))
-    return [_engine.Candidate(f, est, name, params)
+    return [_evaluation.Candidate(f, est, name, params)
             for f in range(n_sets) for name, built in per_head for params, est in built]
 
 
@@ -275,7 +275,7 @@ class SelectionResult:
     nested: NestedCVResult | None = None
 
     @property
-    def best(self) -> _engine.Candidate:
+    def best(self) -> _evaluation.Candidate:
         """The chosen candidate."""
         return self.candidates[self.best_index]
 
@@ -530,7 +530,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
     keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
     candidates = _build_candidates(len(arrays), heads, param_grids, probability)
     splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
-    evaluation = _engine.evaluate(arrays, codes, candidates, splits, n_jobs=n_jobs,
+    evaluation = _evaluation.evaluate(arrays, codes, candidates, splits, n_jobs=n_jobs,
                                   verbose=verbose)
     if len(evaluation.errors) == len(candidates):
         raise ValueError(f"Every candidate failed to fit; the first error: "
@@ -608,7 +608,7 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
         inner_splits += [(train[tr], train[te]) for tr, te in splits]
         owner += [o] * len(splits)
         inner_k.append(inner_plan.n_splits)
-    evaluation = _engine.evaluate(arrays, codes, candidates, inner_splits, n_jobs=n_jobs,
+    evaluation = _evaluation.evaluate(arrays, codes, candidates, inner_splits, n_jobs=n_jobs,
                                   verbose=verbose)
     owner = np.asarray(owner)
     chosen = []
@@ -618,7 +618,7 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
         chosen.append((best, float(means[best, SCORE_NAMES.index(scoring)])))
     n_classes = len(classes)
     refits = Parallel(n_jobs=n_jobs, verbose=verbose)(
-        delayed(_engine._evaluate_fold)(arrays[candidates[b].feature_set], codes, train, test,
+        delayed(_evaluation._evaluate_fold)(arrays[candidates[b].feature_set], codes, train, test,
                                         [candidates[b].estimator], n_classes)
         for (b, _), (train, test) in zip(chosen, outer))
     rows = []

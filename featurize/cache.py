@@ -304,9 +304,7 @@ class FeatureCache:
             if state.width is None:
                 return found, np.empty((0, 0), dtype=np.float32)
             self._check_dtype(cid, state, storage)
-            if canonical_json(json.loads(grp.attrs["config"])) != canonical_json(config):
-                raise corrupted(self._file, ValueError(  # never serve another model's rows
-                    f"group {cid} holds another configuration than its name says"))
+            self._check_config(grp, config)
             rows = self._rows(cid, grp, state, wanted)
             found = rows >= 0
             features = read_rows(grp["features"], rows[found])
@@ -332,7 +330,14 @@ class FeatureCache:
             state = group_state(grp, self._file)
             if state.width is None:
                 return np.zeros(len(wanted), dtype=bool)
+            if not isinstance(config_or_id, str):
+                self._check_config(grp, config_or_id)
             return self._rows(cid, grp, state, wanted) >= 0
+
+    def _check_config(self, grp: Any, config: Mapping[str, Any]) -> None:
+        if canonical_json(json.loads(grp.attrs["config"])) != canonical_json(config):
+            raise corrupted(self._file, ValueError(  # never serve another model's rows
+                f"group {grp.name} holds another configuration than its name says"))
 
     def _check_dtype(self, cid: str, state: GroupState, storage: str) -> None:
         if state.dtype is not None and state.dtype != storage:

@@ -1,13 +1,18 @@
 """A dataset of images for the DataLoader that never hides or substitutes a failure.
 
-Each item is ``(index, uint8 tensor or None, reason or None)``. A file that cannot be decoded
-yields ``None`` and its reason: it is reported for its own row, and never replaced by another
-image (timm's ``ImageDataset`` returns the next image on a decode error; so a file silently gets
-another file's features).
+Each item is ``(index, uint8 tensor or None, failure or None, key or None)``. A file that cannot
+be decoded yields ``None`` and its failure ``(reason, transient)``: it is reported for its own
+row, and never replaced by another image (timm's ``ImageDataset`` returns the next image on a
+decode error; so a file silently gets another file's features).
+
+A file is read once: its bytes are hashed (``key``) and decoded from memory, so the key names
+exactly the pixels that were featurized, even if another program rewrites the file meanwhile.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,8 +20,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from featurize.decoding import DEFAULT_MAX_PIXELS, load_image
+from featurize.decoding import (
+    DEFAULT_MAX_PIXELS,
+    describe_source,
+    is_transient,
+    load_image,
+    os_error_reason,
+)
 from featurize.exceptions import ImageDecodeError
+from featurize.keys import read_keyed
 from featurize.preprocessing import Preprocessing
 
 
@@ -50,14 +62,37 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         index = self.indices[i]
+        source = self.sources[index]
+        draft = self.preprocessing.draft_size if self.draft else None
+        key = None
         try:
-            image = load_image(
-                self.sources[index], max_pixels=self.max_pixels,
-                draft_size=self.preprocessing.draft_size if self.draft else None,
-            )
-            return index, resize_crop(image, self.preprocessing), None
+            if isinstance(source, (str, os.PathLike)):
+                key, image = self._read_file(source, draft)
+            else:
+                image = load_image(source, max_pixels=self.max_pixels, draft_size=draft)
+            return index, resize_crop(image, self.preprocessing), None, key
         except ImageDecodeError as exc:
-            return index, None, exc.reason
+            return index, None, (exc.reason, exc.transient), getattr(exc, "key", key)
+
+    def _read_file(self, path, draft):
+        """``(key, image)`` of a file read once: the bytes hashed are the bytes decoded."""
+        name = describe_source(path)
+        try:
+            info = os.stat(path)
+        except (OSError, ValueError):
+            info = None
+        if info is None or not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            load_image(path, max_pixels=self.max_pixels)  # raises the specific reason
+        try:
+            data, key = read_keyed(path)
+        except OSError as exc:
+            raise ImageDecodeError(name, os_error_reason(path, exc),
+                                   transient=is_transient(exc)) from exc
+        try:
+            return key, load_image(data, max_pixels=self.max_pixels, draft_size=draft, name=name)
+        except ImageDecodeError as exc:
+            exc.key = key
+            raise
 
 
 #: Interpolations resized with torch's anti-aliased uint8 kernels (``F.interpolate(...,
@@ -113,12 +148,15 @@ def collate(items):
     indices : torch.Tensor of int64
         Rows of the images in ``batch``.
     batch : torch.Tensor of uint8, shape (n_good, 3, H, W), or None
-    failures : list of (int, str)
-        ``(row, reason)`` for items that could not be decoded.
+    failures : list of (int, str, bool)
+        ``(row, reason, transient)`` for items that could not be decoded.
+    keys : dict of int to str
+        Content key of the bytes decoded, by row, for files (read by the worker).
     """
-    good = [(i, t) for i, t, _ in items if t is not None]
-    failures = [(i, r) for i, t, r in items if t is None]
+    good = [(i, t) for i, t, _, _ in items if t is not None]
+    failures = [(i, f[0], f[1]) for i, t, f, _ in items if t is None]
+    keys = {i: k for i, _, _, k in items if k is not None}
     if not good:
-        return torch.empty(0, dtype=torch.int64), None, failures
+        return torch.empty(0, dtype=torch.int64), None, failures, keys
     indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
-    return indices, torch.stack([t for _, t in good]), failures
+    return indices, torch.stack([t for _, t in good]), failures, keys

@@ -248,6 +248,7 @@ def load_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
+    name: str | None = None,
 ) -> Image.Image:
     """Decode an image source into a fully loaded RGB image.
 
@@ -269,6 +270,8 @@ def load_image(
         at least this large in both dimensions (EXIF rotation is accounted for). Much faster for
         large photos, but an approximation: features change slightly compared with a full decode
         followed by a resize. Ignored for other formats and for PIL or array inputs.
+    name : str, default=None
+        The file ``bytes`` were read from: errors name it and speak of a file.
 
     Returns
     -------
@@ -287,14 +290,15 @@ def load_image(
     """
     max_pixels = _check_max_pixels(max_pixels)
     draft_size = _check_draft_size(draft_size)
-    name = describe_source(source)
+    what = "data" if name is None else "file"
+    name = describe_source(source) if name is None else name
     if isinstance(source, (str, os.PathLike)):
         with _open_path(source, name) as fp, _strict_pillow():
             image = _open_stream(fp, name, "file", max_pixels)
             return _load_opened(image, name, draft_size)
     if isinstance(source, (bytes, bytearray, memoryview)):
         with _strict_pillow():
-            image = _open_stream(io.BytesIO(source), name, "data", max_pixels)
+            image = _open_stream(io.BytesIO(source), name, what, max_pixels)
             return _load_opened(image, name, draft_size)
     if isinstance(source, Image.Image):
         _check_size(source.size, name, max_pixels)
@@ -417,14 +421,24 @@ def _open_path(source: str | os.PathLike[str], name: str) -> Iterator[IO[bytes]]
     except ImageDecodeError:
         raise
     except OSError as exc:
-        raise ImageDecodeError(name, _os_error_reason(path, exc)) from exc
+        raise ImageDecodeError(name, os_error_reason(path, exc),
+                               transient=is_transient(exc)) from exc
     except ValueError as exc:  # "embedded null byte"
         raise ImageDecodeError(name, f"invalid path ({exc})") from exc
     with fp:
         yield fp
 
 
-def _os_error_reason(path: str | bytes, exc: OSError) -> str:
+def is_transient(exc: BaseException) -> bool:
+    """An error that says nothing about the file's content: not enough memory, or an I/O error
+    of the system (Pillow's own errors for bad data carry no ``errno``)."""
+    if isinstance(exc, MemoryError):
+        return True
+    permanent = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    return isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, permanent)
+
+
+def os_error_reason(path: str | bytes, exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         if os.path.islink(path):
             try:
@@ -448,7 +462,8 @@ def _open_stream(fp: IO[bytes], name: str, what: str, max_pixels: int | None) ->
         head = fp.read(_HEAD_BYTES)
         fp.seek(0)
     except OSError as exc:
-        raise ImageDecodeError(name, f"cannot read {what}: {exc.strerror or exc}") from exc
+        raise ImageDecodeError(name, f"cannot read {what}: {exc.strerror or exc}",
+                               transient=True) from exc
     if not head:
         raise ImageDecodeError(name, f"empty {what} (0 bytes)")
     webp_size = _webp_canvas_size(head)
@@ -476,7 +491,8 @@ def _load_opened(image: Image.Image, name: str, draft_size: tuple[int, int] | No
     try:
         image.load()
     except _PILLOW_ERRORS as exc:
-        raise ImageDecodeError(name, _load_error_reason(image, exc)) from exc
+        raise ImageDecodeError(name, _load_error_reason(image, exc),
+                               transient=is_transient(exc)) from exc
     orientation = _orientation(image)
     if orientation != 1:
         try:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from featurize.pooling import POOLINGS
+from featurize.options import check_extraction_options
 
 
 class CNNFeaturizer(TransformerMixin, BaseEstimator):
@@ -94,32 +92,16 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         return tags
 
     def _validate_params(self) -> None:
-        def fail(name, expected):
-            raise ValueError(
-                f"The {name!r} parameter of CNNFeaturizer must be {expected}."
-                f" Got {getattr(self, name)!r} instead."
-            )
-
-        if self.pooling not in POOLINGS or self.pooling == "none":
-            fail("pooling", f"one of {[p for p in POOLINGS if p != 'none']}")
-        if not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
-            fail("batch_size", "an int >= 1")
-        if self.num_workers is not None and (
-                not isinstance(self.num_workers, numbers.Integral) or self.num_workers < 0):
-            fail("num_workers", "None or an int >= 0")
-        if self.on_error not in ("raise", "nan"):
-            fail("on_error", "one of ['raise', 'nan']")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            fail("precision", "one of ['auto', 'fp32', 'bf16', 'fp16']")
-        if not isinstance(self.backbone, str):
-            fail("backbone", "a str from featurize.list_backbones()")
-        if self.layer is not None and not isinstance(self.layer, (str, list, tuple)):
-            fail("layer", "None, a layer name, or a list of layer names")
+        check_extraction_options(
+            owner="CNNFeaturizer", cached=True, backbone=self.backbone, layer=self.layer,
+            pooling=self.pooling, precision=self.precision, on_error=self.on_error,
+            batch_size=self.batch_size, num_workers=self.num_workers)
 
     def _build(self):
         from featurize.extraction import Extractor
 
         layer = list(self.layer) if isinstance(self.layer, tuple) else self.layer
+        self._built_for_device = self.device
         return Extractor(self.backbone, self.weights, layer, self.pooling, self.device,
                          self.precision)
 
@@ -148,7 +130,8 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
 
     def _get_extractor(self):
         extractor = getattr(self, "_extractor", None)
-        if extractor is None:  # after unpickling: load again, lazily
+        if extractor is None or getattr(self, "_built_for_device", self.device) != self.device:
+            # after unpickling, or set_params(device=...) after fit: load again, lazily
             extractor = self._extractor = self._build()
         return extractor
 
@@ -190,4 +173,5 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_extractor", None)  # the network and its device memory do not travel
+        state.pop("_built_for_device", None)
         return state

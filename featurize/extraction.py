@@ -9,42 +9,38 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import stat
-import time
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from featurize._version import FEATURE_VERSION
 from featurize.backbones import load_backbone
-from featurize.data import ImageDataset, collate
-from featurize.decoding import DEFAULT_MAX_PIXELS, describe_source, load_image
-from featurize.engine import (
+from featurize.decoding import DEFAULT_MAX_PIXELS, describe_source
+from featurize.exceptions import BackboneError, CacheError, FeatureExtractionWarning
+from featurize.inputs import as_sources
+from featurize.layers import (
+    PENULTIMATE,
+    TruncatedNet,
+    check_layers,
+    penultimate_module,
+    trace_layers,
+)
+from featurize.loop import ArraySink, run_extraction
+from featurize.options import PRECISIONS, check_choice, check_extraction_options
+from featurize.pooling import pool
+from featurize.progress import make_progress
+from featurize.runtimes import (
     AUTO_MIN_COSINE,
-    AUTO_MIN_IMAGES,
-    ENGINES,
     auto_candidates,
     available_engines,
     build_engine,
     compare_features,
 )
-from featurize.exceptions import (
-    BackboneError,
-    CacheError,
-    FeatureExtractionWarning,
-    ImageDecodeError,
-)
-from featurize.inputs import as_sources
-from featurize.layers import PENULTIMATE, LayerTap, check_layers, penultimate_module, trace_layers
-from featurize.pooling import POOLINGS, pool
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-ON_ERROR = ("raise", "nan")
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -73,8 +69,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA, fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"Unknown precision {precision!r}. Expected one of {PRECISIONS}.")
+    check_choice("precision", precision, PRECISIONS)
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -153,11 +148,11 @@ class Extractor:
     max_pixels : int
         Larger images are refused without being decoded (decompression-bomb guard).
     engine : {"auto", "eager", "onnxruntime", "torchscript", "compile"}, default="auto"
-        How the forward pass runs (see :mod:`featurize.engine`). ``"eager"`` is the PyTorch
-        reference. ``"auto"``: for calls of at least
-        :data:`~featurize.engine.AUTO_MIN_IMAGES` images on the CPU in fp32, the fastest engine
-        installed (ONNX Runtime, else a frozen TorchScript graph), checked against eager when
-        built; eager otherwise. Engines agree with eager up to float rounding (as CPU and GPU
+        How the forward pass runs (see :mod:`featurize.runtimes`). ``"eager"`` is the PyTorch
+        reference. ``"auto"`` is decided by the configuration and the machine, whatever the
+        size of a call: on the CPU in fp32 the fastest engine installed (ONNX Runtime, else a
+        frozen TorchScript graph), checked against eager on the first real batch; eager
+        elsewhere. Engines agree with eager up to float rounding (as CPU and GPU
         runs do), so the engine is not part of the cache key: rows cached by a fast engine serve
         an eager call and vice versa.
     """
@@ -166,10 +161,8 @@ class Extractor:
                  pooling: str = "avg", device="auto", precision: str = "auto",
                  channels_last: bool | None = None, draft: bool = True,
                  max_pixels: int = DEFAULT_MAX_PIXELS, engine: str = "auto"):
-        if pooling not in POOLINGS:
-            raise BackboneError(f"Unknown pooling {pooling!r}. Expected one of {POOLINGS}.")
-        if engine not in ENGINES:
-            raise ValueError(f"Unknown engine {engine!r}. Expected one of {ENGINES}.")
+        check_extraction_options(owner="Extractor", pooling=pooling, engine=engine,
+                                 layer=layer)
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.pooling = pooling
@@ -196,7 +189,8 @@ class Extractor:
         if pooling == "none" and len(layers) > 1:
             raise BackboneError("pooling='none' returns feature maps and takes a single layer.")
         self.layers = list(dict.fromkeys(layers))
-        self._tap = LayerTap(model, self.layers, penultimate_module(model, self.layer_infos))
+        self._net = TruncatedNet(model, self.layers, penultimate_module(model, self.layer_infos),
+                                 self.preprocessing, pooling, self.channels_last)
         shapes = {info.name: info.shape for info in self.layer_infos}
         self.widths = {
             name: int(np.prod(pool(torch.zeros((1,) + shapes[name]), pooling).shape[1:]))
@@ -213,9 +207,10 @@ class Extractor:
             if self.precision != "fp32" and engine != "compile":
                 raise BackboneError(f"engine={engine!r} runs in fp32 only; got precision="
                                     f"{self.precision!r}.")
-        self._planned = "eager" if engine == "auto" else engine
-        self._engine = None  # the built featurize.engine.Engine, None for eager
-        self._failed_engines: set[str] = set()
+        # Decided by the configuration and the machine, never by the size of a call.
+        self._planned = (auto_candidates(self.device, self.precision)[0] if engine == "auto"
+                         else engine)
+        self._engine = None  # the built featurize.runtimes.Engine, None for eager
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -236,68 +231,81 @@ class Extractor:
 
     @property
     def engine_name(self) -> str:
-        """The engine :meth:`forward` runs (``"eager"`` until ``"auto"`` picks another)."""
+        """The engine :meth:`forward` runs (an ``"auto"`` one that fails its check: eager)."""
         return self._engine.name if self._engine is not None else self._planned
 
-    def prepare_engine(self, n_images: int | None = None) -> str:
-        """Choose and build the engine for a job of ``n_images`` images, before computing keys.
+    def _engine_key(self, name: str) -> tuple:
+        return (self.backbone.name, str(self.backbone.weights), self.backbone.weights_sha256,
+                tuple(self.layers), self.pooling, str(self.device), self.precision, name,
+                self.preprocessing.crop_size, self.channels_last)
 
-        With ``engine="auto"``, a job of at least :data:`~featurize.engine.AUTO_MIN_IMAGES`
-        images (or ``n_images=None``) gets the fastest engine that builds and agrees with eager
-        on a check batch; smaller jobs keep eager. Call it before :meth:`layer_config` when
-        driving :meth:`forward` yourself.
+    def prepare_engine(self, batch: torch.Tensor | None = None) -> str:
+        """Build (or reuse) the engine before the first batch; returns :attr:`engine_name`.
+
+        Engines are built once per process and configuration (a trace or an ONNX export
+        costs seconds). With ``engine="auto"`` a new engine is checked against eager on
+        ``batch`` (real preprocessed images: the first batch of the job); one that fails to
+        build or disagrees is replaced by the next candidate, eager last. Without a batch the
+        check waits for the first one :meth:`forward` gets.
 
         Parameters
         ----------
-        n_images : int or None, default=None
-            Size of the job; None means large.
+        batch : uint8 tensor (N, 3, H, W) or None, default=None
 
         Returns
         -------
         str
-            :attr:`engine_name`.
         """
-        self._plan_engine(n_images)
-        self._ensure_engine()
-        return self.engine_name
-
-    def _plan_engine(self, n_images: int | None) -> None:
-        if self.engine != "auto" or self._engine is not None or self._planned != "eager":
-            return
-        if n_images is None or n_images >= AUTO_MIN_IMAGES:
-            candidates = [c for c in auto_candidates(self.device, self.precision)
-                          if c not in self._failed_engines]
-            self._planned = candidates[0]
-
-    def _ensure_engine(self) -> None:
         while self._engine is None and self._planned != "eager":
             name = self._planned
-            try:
-                engine = build_engine(
-                    name, self.model, self.layers, penultimate_module(self.model, self.layer_infos),
-                    self.preprocessing, self.pooling, self.device, precision=self.precision)
-                if self.engine == "auto":
-                    self._check_engine(engine)
-            except BackboneError as exc:
-                if self.engine != "auto":
-                    raise
-                logger.warning("The %s engine is not used (%s); trying the next one.", name, exc)
-                self._failed_engines.add(name)
-                candidates = [c for c in auto_candidates(self.device, self.precision)
-                              if c not in self._failed_engines]
-                self._planned = candidates[0]
+            key = self._engine_key(name)
+            engine = _ENGINES.get(key)
+            if engine is None and key not in _REJECTED:
+                try:
+                    engine = build_engine(
+                        name, self.model, self.layers,
+                        penultimate_module(self.model, self.layer_infos), self.preprocessing,
+                        self.pooling, self.device, precision=self.precision)
+                except BackboneError as exc:
+                    if self.engine != "auto":
+                        raise
+                    _REJECTED[key] = str(exc)
+                    engine = None
+            if engine is not None and self.engine == "auto" and key not in _CHECKED:
+                if batch is None:
+                    return name  # checked on the first real batch
+                reason = self._disagreement(engine, batch)
+                if reason is None:
+                    _CHECKED.add(key)
+                else:
+                    _REJECTED[key] = reason
+                    engine = None
+            if engine is None:
+                logger.warning("The %s engine is not used (%s); trying the next one.", name,
+                               _REJECTED.get(key))
+                candidates = auto_candidates(self.device, self.precision)
+                self._planned = candidates[candidates.index(name) + 1]
                 continue
+            _remember(key, engine)
             self._engine = engine
+        return self.engine_name
 
-    def _check_engine(self, engine) -> None:
-        """Raise BackboneError if ``engine`` disagrees with eager on a check batch."""
-        size = self.preprocessing.crop_size
-        generator = torch.Generator().manual_seed(1)
-        check = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
+    def _disagreement(self, engine, batch: torch.Tensor) -> str | None:
+        """None if ``engine`` gives eager's features on (up to 2 images of) ``batch``."""
+        check = batch[:2]
         min_cos, max_abs = compare_features(self._forward_eager(check), engine(check))
-        if not min_cos >= AUTO_MIN_COSINE:
-            raise BackboneError(f"its features differ from eager (cosine {min_cos:.5f},"
-                                f" max abs diff {max_abs:.3g})")
+        if min_cos >= AUTO_MIN_COSINE:
+            return None
+        return f"its features differ from eager (cosine {min_cos:.5f}, max abs diff {max_abs:.3g})"
+
+    def check_cached_width(self, cache, layer: str, features: np.ndarray | None) -> None:
+        """Refuse cached rows whose width is not this model's (a mislabelled file)."""
+        if features is not None and features.shape[1] != self.widths[layer]:
+            raise CacheError(
+                f"cache file {os.fspath(cache.path)!r} holds features of width "
+                f"{features.shape[1]} for layer {layer!r}, but this model gives "
+                f"{self.widths[layer]}: the file does not match its configuration, so it is "
+                "refused. Delete it or point cache= at another file.")
 
     @property
     def n_features(self) -> int:
@@ -318,13 +326,9 @@ class Extractor:
 
     def _forward_eager(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         x = batch.to(self.device, non_blocking=True)
-        x = self.preprocessing.normalize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            outputs = self._tap(x)
-            pooled = {name: pool(outputs[name], self.pooling) for name in self.layers}
-        return {name: v.float().cpu().numpy() for name, v in pooled.items()}
+            outputs = self._net(x)
+        return {name: v.float().cpu().numpy() for name, v in zip(self.layers, outputs)}
 
     def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """Features of a uint8 batch ``(N, 3, H, W)``, one array per layer, rows in batch order.
@@ -334,7 +338,7 @@ class Extractor:
         """
         if len(batch) == 0:
             return {name: np.empty((0, w), np.float32) for name, w in self.widths.items()}
-        self._ensure_engine()
+        self.prepare_engine(batch)
         chunk = min(len(batch), self._max_batch or len(batch))
         parts: list[dict[str, np.ndarray]] = []
         start = 0
@@ -387,52 +391,33 @@ class Extractor:
         -------
         ExtractionResult
         """
-        if on_error not in ON_ERROR:
-            raise ValueError(f"Unknown on_error {on_error!r}. Expected one of {ON_ERROR}.")
+        check_extraction_options(owner="Extractor.extract", on_error=on_error,
+                                 batch_size=batch_size, num_workers=num_workers)
         if self.pooling == "none" and cache is not None:
             raise ValueError("pooling='none' returns feature maps, which are not cached;"
                              " use cache=None.")
         sources = as_sources(images)
         n = len(sources)
         names = [describe_source(s, i) for i, s in enumerate(sources)]
-        failures: dict[int, str] = {}
         out = self._allocate(n)
-        cache = _as_cache(cache)
-        todo = list(range(n))
-        keys: list[str | None] = [None] * n
-        n_cached = 0
-        self._plan_engine(n)
-        configs = {name: self.layer_config(name) for name in self.layers}
-        if cache is not None:
-            todo, n_cached = self._from_cache(cache, sources, names, keys, configs, out,
-                                              failures, retry_failed)
-            if failures and on_error == "raise":
-                row = min(failures)
-                raise ImageDecodeError(names[row], failures[row])
-        # Identical content is computed once (same key), then copied to its other rows.
-        first_of: dict[str, int] = {}
-        copies: list[tuple[int, int]] = []
-        unique = []
-        for row in todo:
-            key = keys[row]
-            if key is not None and key in first_of:
-                copies.append((row, first_of[key]))
-            else:
-                if key is not None:
-                    first_of[key] = row
-                unique.append(row)
-        n_computed = self._run(sources, unique, names, keys, configs, out, failures, cache,
-                               batch_size, num_workers, on_error, verbose)
-        for row, src in copies:
-            if src in failures:
-                failures[row] = failures[src]
-            out[row] = out[src]
-        for row in failures:
-            out[row] = np.nan
+        sink = ArraySink(out, None if self.pooling == "none" else self._columns(), names,
+                         on_error)
+        if num_workers is None:
+            in_memory = not all(isinstance(s, (str, os.PathLike)) for s in sources)
+            num_workers = 0 if in_memory else default_num_workers(n, batch_size, self.device)
+        progress = make_progress("bar" if verbose else "none", desc="featurize")
+        progress.start(n)
+        try:
+            run_extraction(sources, self, _as_cache(cache), sink, names=names,
+                           batch_size=batch_size, num_workers=num_workers,
+                           retry_failed=retry_failed, progress=progress)
+        finally:
+            progress.close()
+        failures = dict(sorted(sink.failures.items()))
         if failures and on_error == "nan":
             _warn_failures(failures, names, n)
-        return ExtractionResult(out, dict(sorted(failures.items())), names, dict(self.widths),
-                                n_computed, n_cached)
+        return ExtractionResult(out, failures, names, dict(self.widths), sink.extracted,
+                                sink.cached)
 
     def _allocate(self, n: int) -> np.ndarray:
         if self.pooling == "none":
@@ -447,95 +432,29 @@ class Extractor:
             start += self.widths[name]
         return cols
 
-    def _from_cache(self, cache, sources, names, keys, configs, out, failures, retry_failed):
-        for row, source in enumerate(sources):
-            try:
-                keys[row] = file_content_key(source)
-            except (OSError, ValueError, TypeError):
-                failures[row] = _decode_reason(source, names[row], self.max_pixels)
-        rows = [r for r in range(len(sources)) if keys[r] is not None]
-        row_keys = [keys[r] for r in rows]
-        have = np.ones(len(rows), dtype=bool)
-        cols = self._columns()
-        for name, config in configs.items():
-            found, feats = cache.lookup(config, row_keys)
-            found = np.asarray(found, dtype=bool)
-            if found.any() and feats.shape[1] != self.widths[name]:
-                raise CacheError(
-                    f"cache file {os.fspath(cache.path)!r} holds features of width "
-                    f"{feats.shape[1]} for layer {name!r}, but this model gives "
-                    f"{self.widths[name]}: the file does not match its configuration, so it is "
-                    "refused. Delete it or point cache= at another file.")
-            if found.any():
-                out[np.asarray(rows, dtype=np.int64)[found], cols[name]] = feats
-            have &= found
-        if not retry_failed and not have.all():  # all found: no need to open the file again
-            known = cache.failures(configs[self.layers[0]])
-            for row, key, hit in zip(rows, row_keys, have):
-                if not hit and key in known:
-                    failures[row] = known[key][1]
-        todo = [r for r, hit in zip(rows, have) if not hit and r not in failures]
-        return todo, int(have.sum())
 
-    def _run(self, sources, rows, names, keys, configs, out, failures, cache, batch_size,
-             num_workers, on_error, verbose) -> int:
-        if not rows:
-            return 0
-        self._ensure_engine()  # an "auto" engine that fails to build falls back to eager
-        configs = {name: self.layer_config(name) for name in self.layers}
-        if num_workers is None:
-            in_memory = not all(isinstance(sources[r], (str, os.PathLike)) for r in rows)
-            num_workers = (0 if in_memory
-                           else default_num_workers(len(rows), batch_size, self.device))
-        dataset = ImageDataset(sources, rows, self.preprocessing, self.max_pixels, self.draft)
-        loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if num_workers > 0 else None,
-        )
-        cols = self._columns()
-        progress = _progress(len(rows), verbose)
-        computed = 0
-        try:
-            for indices, batch, bad in loader:
-                bad = list(bad)
-                if batch is not None:
-                    feats = self.forward(batch)
-                    idx = indices.numpy()
-                    finite = np.ones(len(idx), dtype=bool)
-                    for value in feats.values():
-                        finite &= np.isfinite(value.reshape(len(idx), -1)).all(axis=1)
-                    if not finite.all():  # never cache (or serve) NaN/inf as features
-                        bad += [(int(r), "the network produced non-finite features (NaN or"
-                                 " inf); try precision='fp32'") for r in idx[~finite]]
-                        idx = idx[finite]
-                        feats = {name: value[finite] for name, value in feats.items()}
-                    if self.pooling == "none":
-                        out[idx] = feats[self.layers[0]]
-                    else:
-                        for name in self.layers:
-                            out[idx, cols[name]] = feats[name]
-                    computed += len(idx)
-                    if cache is not None:
-                        for name, config in configs.items():
-                            cache.write(config, [keys[i] for i in idx], feats[name],
-                                        [names[i] for i in idx])
-                for row, reason in bad:
-                    failures[row] = reason
-                if bad and cache is not None:
-                    bad_keyed = [(r, why) for r, why in bad if keys[r] is not None]
-                    if bad_keyed:
-                        for config in configs.values():
-                            cache.record_failures(config, [keys[r] for r, _ in bad_keyed],
-                                                  [names[r] for r, _ in bad_keyed],
-                                                  [why for _, why in bad_keyed])
-                if bad and on_error == "raise":
-                    row, reason = min(bad)
-                    raise ImageDecodeError(names[row], reason)
-                progress.update((0 if batch is None else len(batch)) + len(bad))
-        finally:
-            progress.close()
-        return computed
+#: Built engines of this process, by configuration (a few; oldest dropped first), and the
+#: configurations whose "auto" engine passed its check or was rejected (with the reason).
+_ENGINES: dict[tuple, object] = {}
+_MAX_ENGINES = 8
+_CHECKED: set[tuple] = set()
+_REJECTED: dict[tuple, str] = {}
+
+
+def _forget_engines() -> None:
+    """A forked child must not run its parent's engines (their thread pools did not follow)."""
+    _ENGINES.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_engines)
+
+
+def _remember(key: tuple, engine) -> None:
+    _ENGINES.pop(key, None)
+    _ENGINES[key] = engine
+    while len(_ENGINES) > _MAX_ENGINES:
+        _ENGINES.pop(next(iter(_ENGINES)))
 
 
 def _warn_failures(failures: dict[int, str], names: list[str], n: int) -> None:
@@ -549,66 +468,6 @@ def _warn_failures(failures: dict[int, str], names: list[str], n: int) -> None:
     ), stacklevel=4)
 
 
-#: Content keys of files already hashed by this process, by (path, device, inode, size, mtime,
-#: ctime): a warm-cache re-run then costs a ``stat`` per file instead of reading every byte.
-_KEY_MEMO: dict[tuple, str] = {}
-_KEY_MEMO_MAX = 500_000  # about 150 MB at most; emptied when full
-#: A file modified less than this long before it was hashed is not memoized: a change within
-#: the file system's timestamp granularity could otherwise keep the same stat ("racy git").
-_RACY_NS = 2_000_000_000
-
-
-def file_content_key(source) -> str:
-    """:func:`featurize.cache.content_key`, memoized for regular files by their ``stat``.
-
-    The key of a file is remembered (in this process) with its path, device, inode, size,
-    modification and status-change times in nanoseconds; any change to the file gives a new
-    ``stat`` and the file is hashed again. Files changed in the 2 seconds before they were
-    hashed are not remembered. Other sources are hashed every time.
-
-    Parameters
-    ----------
-    source : str, os.PathLike, bytes, ndarray or PIL.Image.Image
-
-    Returns
-    -------
-    str
-    """
-    from featurize.cache import content_key
-
-    if isinstance(source, str):  # the common case first: isinstance(x, os.PathLike) is slow
-        path = source
-    elif isinstance(source, os.PathLike):
-        path = os.fspath(source)
-    else:
-        return content_key(source)
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return content_key(source)  # raises the error content_key gives
-    if not stat.S_ISREG(st.st_mode):
-        return content_key(source)
-    memo = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    key = _KEY_MEMO.get(memo)  # dict reads and writes are atomic: no lock needed
-    if key is not None:
-        return key
-    key = content_key(source)
-    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
-        if len(_KEY_MEMO) >= _KEY_MEMO_MAX:
-            _KEY_MEMO.clear()
-        _KEY_MEMO[memo] = key
-    return key
-
-
-def _decode_reason(source, name: str, max_pixels: int) -> str:
-    """The reason :func:`load_image` gives for a source that could not even be hashed."""
-    try:
-        load_image(source, max_pixels=max_pixels)
-    except ImageDecodeError as exc:
-        return exc.reason
-    return "could not be read"
-
-
 def _as_cache(cache):
     if cache is None:
         return None
@@ -619,22 +478,6 @@ def _as_cache(cache):
     if isinstance(cache, (str, os.PathLike)):
         return FeatureCache(cache)
     raise TypeError(f"cache must be None, a path or a FeatureCache; got {type(cache).__name__}.")
-
-
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, verbose: int):
-    if not verbose:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="featurize", smoothing=0.1)
 
 
 def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="DEFAULT",

@@ -4,8 +4,9 @@ Layer names are the module names of ``model.named_modules()`` (``"layer3"``, ``"
 ``"features.denseblock4"``) plus ``"penultimate"``: the input of the network's last linear
 classifier, i.e. the embedding the network itself classifies (its default). A module that runs
 more than once per forward pass (a shared activation) has no single output and is not a layer.
-Capture uses forward hooks and stops the forward pass as soon as every requested layer has been
-seen, so a truncated network costs only the layers it needs.
+:class:`TruncatedNet` captures several layers in one pass with forward hooks, pools each at
+once, and stops the pass as soon as every requested layer has been seen, so a truncated
+network costs only the layers it needs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from featurize.exceptions import BackboneError
+from featurize.pooling import pool
 
 PENULTIMATE = "penultimate"
 
@@ -115,32 +117,58 @@ def check_layers(requested: list[str], layers: list[LayerInfo], backbone: str) -
             )
 
 
-class LayerTap:
-    """Capture the outputs of several layers in one forward pass, stopping early.
+class TruncatedNet(nn.Module):
+    """The one way to truncate a network: uint8 batch -> pooled outputs of the requested layers.
+
+    Normalization, the layers up to the last requested one, and the pooling, as one module:
+    ``forward(uint8 (N, 3, H, W)) -> tuple`` of one tensor per layer, in ``layers`` order. The
+    eager extractor runs it, and the optimised engines trace or compile it
+    (:mod:`featurize.runtimes`), so every engine reads the same layers the same way.
+
+    Each layer is pooled inside its hook, at the moment the module returns, into a tensor of
+    its own: an in-place operation later in the network (``ReLU(inplace=True)`` after a
+    BatchNorm) cannot change what was captured, so a layer's features do not depend on which
+    other layers are read in the same pass. Hooks live only for the duration of a forward
+    pass (the network stays a plain module, shareable between extractors); in eager mode the
+    pass stops as soon as every layer is captured, and traced graphs end there too.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The network.
+        The full network in eval mode (not copied, not modified).
     layers : list of str
-        Layer names (validated beforehand with :func:`check_layers`).
+        Layer names (module names or ``"penultimate"``), validated with :func:`check_layers`.
     penultimate : str or None
         Name of the module whose input is the ``"penultimate"`` layer.
+    preprocessing : Preprocessing
+        Its ``normalize`` is the first step.
+    pooling : str
+        See :func:`featurize.pooling.pool`.
+    channels_last : bool, default=False
+        Feed the network in channels_last memory format.
     """
 
-    def __init__(self, model: nn.Module, layers: list[str], penultimate: str | None):
-        self.model = model
+    def __init__(self, model: nn.Module, layers, penultimate: str | None, preprocessing,
+                 pooling: str, channels_last: bool = False):
+        super().__init__()
+        self.net = model
         self.layers = list(dict.fromkeys(layers))
-        self._captured: dict[str, torch.Tensor] = {}
+        self.preprocessing = preprocessing
+        self.pooling = pooling
+        self.channels_last = channels_last
         modules = dict(model.named_modules())
         self._targets = [
             (name, modules[penultimate] if name == PENULTIMATE else modules[name])
             for name in self.layers
         ]
+        self._captured: dict[str, torch.Tensor] = {}
 
     def _store(self, name: str, value: torch.Tensor) -> None:
-        self._captured[name] = value
-        if len(self._captured) == len(self.layers):
+        pooled = pool(value, self.pooling)
+        if pooled.untyped_storage().data_ptr() == value.untyped_storage().data_ptr():
+            pooled = pooled.clone()  # a view would follow later in-place operations
+        self._captured[name] = pooled
+        if len(self._captured) == len(self.layers) and not _tracing():
             raise _StopForward
 
     def _hook(self, name):
@@ -155,11 +183,10 @@ class LayerTap:
 
         return hook
 
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the network on ``x`` and return ``{layer: output}`` for the requested layers.
-
-        The hooks live only for the duration of the call: the model stays a plain module.
-        """
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = self.preprocessing.normalize(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         self._captured = {}
         handles = [
             module.register_forward_pre_hook(self._pre_hook(name)) if name == PENULTIMATE
@@ -167,7 +194,7 @@ class LayerTap:
             for name, module in self._targets
         ]
         try:
-            self.model(x)
+            self.net(x)
         except _StopForward:
             pass
         finally:
@@ -177,7 +204,13 @@ class LayerTap:
         missing = [n for n in self.layers if n not in captured]
         if missing:
             raise BackboneError(f"Layers {missing} did not run in the forward pass.")
-        return captured
+        return tuple(captured[name].contiguous() for name in self.layers)
+
+
+def _tracing() -> bool:
+    """Inside ``torch.jit.trace``, an ONNX export or ``torch.compile`` (no early stop there)."""
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or compiling
 
 
 def list_layers(backbone: str = "efficientnet_lite0", weights=None, *,

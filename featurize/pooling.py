@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-#: Valid pooling names. ``none`` returns the maps themselves (extraction function only).
-POOLINGS = ("avg", "max", "avgmax", "gem", "flatten", "none")
+from featurize.options import POOLINGS
+
+__all__ = ["GEM_P", "POOLINGS", "pool"]
 #: Exponent of generalized-mean pooling (Radenovic et al. 2018).
 GEM_P = 3.0
 _GEM_EPS = 1e-6

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from pipelines.cmd_train import add_runtime_args, extract, load_folder, report_failures
+from pipelines.classify_common import add_runtime_args, extract, load_folder, report_failures
 
 NAME = "evaluate"
 

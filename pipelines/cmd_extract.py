@@ -16,9 +16,12 @@ import textwrap
 import threading
 from collections.abc import Iterator
 
+from featurize.options import CACHE_DTYPES, CACHED_POOLINGS, ENGINES, PRECISIONS
+from featurize.progress import PROGRESS_MODES, make_progress
 from pipelines.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pipelines.config import build_spec, load_job_file, parse_resources
-from pipelines.jobs import ENGINES, JOB_POOLINGS, JobConfigError, parse_shard, run_job
+from pipelines.jobs import run_job
+from pipelines.spec import JobConfigError, parse_shard
 
 NAME = "extract"
 
@@ -80,8 +83,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument("--layer", action="append", dest="layers", metavar="NAME",
                        help="layer to read (repeatable; default the penultimate embedding; "
                             "see `featurize layers BACKBONE`)")
-    model.add_argument("--pooling", choices=JOB_POOLINGS, help="default avg")
-    model.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+    model.add_argument("--pooling", choices=CACHED_POOLINGS, help="default avg")
+    model.add_argument("--precision", choices=PRECISIONS,
                        help="forward-pass precision (default auto: mixed on CUDA, fp32 on CPU)")
     model.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N, mps (default auto)")
     model.add_argument("--engine", choices=ENGINES,
@@ -89,7 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "TorchScript on CPU for jobs of 128 images or more, else eager)")
     run = parser.add_argument_group("job")
     run.add_argument("--cache", metavar="FILE", help="the HDF5 feature cache to fill (required)")
-    run.add_argument("--dtype", choices=("float32", "float16"),
+    run.add_argument("--dtype", choices=CACHE_DTYPES,
                      help="storage type of the features (default float32)")
     run.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass "
                                                                   "(default 32)")
@@ -102,6 +105,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                           "CACHE_STEM.shard-I-of-N.h5 beside --cache")
     run.add_argument("--failures", metavar="CSV",
                      help="write the files that could not be featurized (path,reason)")
+    run.add_argument("--single-writer", action=argparse.BooleanOptionalAction, default=None,
+                     help="no other process writes the cache: needed on a file system that "
+                     "cannot lock files (some network mounts)")
     run.add_argument("--retry-failed", action=argparse.BooleanOptionalAction, default=None,
                      help="re-read files the cache recorded as failed (default: report them "
                           "again without reading)")
@@ -116,7 +122,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dask.add_argument("--parts-dir", metavar="DIR",
                       help="folder of the workers' part files (default CACHE.parts)")
     out = parser.add_argument_group("output")
-    out.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+    out.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                      help="auto: a progress bar on a terminal, else a log line every "
                           "--log-interval seconds")
     out.add_argument("--log-interval", type=float, default=30.0, metavar="S",
@@ -144,7 +150,7 @@ def _resources(text: str) -> dict[str, float]:
 _CLI_FIELDS = ("sources", "lists", "column", "cache", "backbone", "weights", "layers", "pooling",
                "precision", "device", "engine", "dtype", "batch_size", "workers", "chunk_size",
                "shard", "failures", "retry_failed", "scheduler", "partition_size", "resources",
-               "parts_dir")
+               "parts_dir", "single_writer")
 
 
 @contextlib.contextmanager
@@ -210,7 +216,6 @@ def run_command(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
     if args.log_interval <= 0:
         return _usage_error(f"--log-interval must be positive; got {args.log_interval}.")
-    from pipelines.jobs import make_progress
 
     stop = threading.Event()
     with _log_to_stderr(), _stop_on_signals(stop):

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 
+from pipelines.classify_common import add_runtime_args
 from pipelines.cmd_evaluate import model_features
-from pipelines.cmd_train import add_runtime_args
 
 NAME = "predict"
 #: Exit code when some images could not be read (their rows say why), as for ``extract``.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.cmd_train import (
+from pipelines.classify_common import (
     add_runtime_args,
     add_selection_args,
     candidate_features,

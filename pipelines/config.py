@@ -20,7 +20,7 @@ import os
 from dataclasses import fields
 from typing import Any
 
-from pipelines.jobs import JobConfigError, JobSpec, parse_shard, parse_weights
+from pipelines.spec import JobConfigError, JobSpec, parse_shard, parse_weights
 
 __all__ = ["KEYS", "build_spec", "load_job_file", "parse_resources"]
 
@@ -44,6 +44,8 @@ KEYS: dict[str, tuple[str, str, str]] = {
     "shard": ("shard", "shard", "'I/N': process shard I of N"),
     "failures": ("failures", "path", "CSV manifest of failed files (path, reason)"),
     "retry_failed": ("retry_failed", "bool", "re-read files recorded as failed"),
+    "single_writer": ("single_writer", "bool", "no other process writes the cache (file systems"
+                      " without locks)"),
     "chunk_size": ("chunk_size", "int", "files hashed and looked up at a time (default 1024)"),
     "scheduler": ("scheduler", "scheduler", "Dask: local, local:N, tcp://HOST:PORT or a "
                                             "scheduler file"),
@@ -158,7 +160,7 @@ def load_job_file(path: str | os.PathLike) -> dict[str, Any]:
     Returns
     -------
     values : dict
-        :class:`~pipelines.jobs.JobSpec` field -> value, for the keys the file sets, with its
+        :class:`~pipelines.spec.JobSpec` field -> value, for the keys the file sets, with its
         relative paths made relative to the file's folder.
 
     Raises

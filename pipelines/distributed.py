@@ -37,7 +37,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from featurize.exceptions import FeaturizeError
-from pipelines.jobs import JobConfigError, JobSpec, Progress, stream_extract
+from featurize.loop import stream_extract
+from featurize.progress import Progress
+from pipelines.spec import JobConfigError, JobSpec
 
 __all__ = ["DaskJobError", "connect", "extract_partition", "get_extractor", "merge_parts",
            "parse_scheduler", "run_dask_job"]
@@ -83,7 +85,7 @@ def get_extractor(options: dict[str, Any]):
 
             logger.info("worker %s: loading %s", os.getpid(), key)
             extractor = Extractor(**options)
-            extractor.prepare_engine(None)  # the job decided: see JobSpec.extractor_options
+            extractor.prepare_engine()
             _EXTRACTORS[key] = extractor
             _RUN_LOCKS[key] = threading.Lock()
         return extractor, _RUN_LOCKS[key]
@@ -101,10 +103,15 @@ def _cache(path: str, dtype: str):
         return cache
 
 
-def part_path(parts_dir: str, pid: int | None = None) -> str:
-    """The part file of process ``pid`` (default: this one) of this host in ``parts_dir``."""
+#: A random part of this process's part-file name: two containers can share a host name and
+#: a pid (each starts its processes at 1), never this token.
+_PROCESS_TOKEN = uuid.uuid4().hex[:12]
+
+
+def part_path(parts_dir: str) -> str:
+    """This process's part file in ``parts_dir``: ``part-<host>-<pid>-<random>.h5``."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
-    return os.path.join(parts_dir, f"part-{host}-{os.getpid() if pid is None else pid}.h5")
+    return os.path.join(parts_dir, f"part-{host}-{os.getpid()}-{_PROCESS_TOKEN}.h5")
 
 
 def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: str,
@@ -123,7 +130,7 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
     parts_dir : str
         Folder of the part files.
     dtype, batch_size, retry_failed
-        As in :class:`pipelines.jobs.JobSpec`.
+        As in :class:`pipelines.spec.JobSpec`.
     workers : int or None, default=0
         Data-loader processes; Dask's worker processes are daemonic by default and cannot
         start them, so they are used only under ``distributed.worker.daemon: false``.
@@ -257,7 +264,7 @@ def _partitions(paths: Sequence[str], size: int) -> list[list[str]]:
 
 
 def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
-                 n_inputs: int | None = None, progress: Progress | None = None,
+                 progress: Progress | None = None,
                  on_failure: Callable[[str, str], None] | None = None,
                  should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Featurize ``paths`` into ``target`` on the Dask cluster named by ``spec.scheduler``.
@@ -270,11 +277,8 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
         The job (model options, batch size, partition size, resources, parts folder...).
     target : str
         The cache file the part files are merged into.
-    n_inputs : int or None, default=None
-        Inputs of the whole job (before sharding; decides ``engine="auto"``, see
-        :meth:`JobSpec.extractor_options`); None: ``len(paths)``.
     progress, on_failure, should_stop
-        As in :func:`pipelines.jobs.stream_extract`; progress advances per partition.
+        As in :func:`featurize.loop.stream_extract`; progress advances per partition.
 
     Returns
     -------
@@ -304,7 +308,7 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
                               "stopped": False, "partitions": 0, "lost_partitions": 0,
                               "seconds": 0.0}
     partitions = _partitions(paths, spec.partition_size)
-    options = spec.extractor_options(len(paths) if n_inputs is None else n_inputs)
+    options = spec.extractor_options()
     engines: dict[str, str] = {}  # engine -> a worker that used it
     totals["partitions"] = len(partitions)
     error: BaseException | None = None

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("torch")
 
 from pipelines.cli import main
-from pipelines.cmd_train import default_layers
+from pipelines.classify_common import default_layers
 
 FAST = ["--layers", "blocks.10,penultimate", "--folds", "3", "--repeats", "1", "--jobs", "1",
         "--device", "cpu", "--num-workers", "0"]

@@ -18,7 +18,8 @@ import pytest
 from featurize.cache import FeatureCache
 from pipelines import cli
 from pipelines.distributed import parse_scheduler, part_path
-from pipelines.jobs import JobConfigError, JobSpec, run_job
+from pipelines.jobs import run_job
+from pipelines.spec import JobConfigError, JobSpec
 from tests.test_cli_extract import contents
 
 distributed = pytest.importorskip("distributed")
@@ -103,12 +104,13 @@ def test_a_worker_killed_mid_job_loses_nothing(images, reference, tmp_path, clus
     job = threading.Thread(target=lambda: result.update(summary=run_job(spec, progress="none")))
     job.start()
     pids = client.run(os.getpid)  # worker address -> pid
+    parts = client.run(part_path, str(target) + ".parts")  # worker address -> its part file
     victim = None
     deadline = time.monotonic() + 120
     while victim is None and time.monotonic() < deadline and job.is_alive():
         # A worker that is running a task and has already committed a batch to its part file.
         for address, keys in client.processing().items():
-            part = part_path(str(target) + ".parts", pids[address])
+            part = parts[address]
             if keys and os.path.exists(part) and FeatureCache(part).configurations():
                 victim = pids[address]
                 break

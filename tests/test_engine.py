@@ -14,21 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from featurize import extraction
+from featurize import extraction, keys
 from featurize.cache import content_key
 from featurize.data import ImageDataset, collate, resize_crop
-from featurize.engine import (
-    AUTO_MIN_IMAGES,
-    ENGINES,
-    TruncatedNet,
-    auto_candidates,
-    available_engines,
-    build_engine,
-    compare_features,
-)
 from featurize.exceptions import BackboneError
-from featurize.extraction import Extractor, default_num_workers, file_content_key
-from featurize.layers import penultimate_module
+from featurize.extraction import Extractor, default_num_workers
+from featurize.keys import file_content_key
+from featurize.layers import TruncatedNet, penultimate_module
+from featurize.options import ENGINES
+from featurize.runtimes import auto_candidates, available_engines, build_engine, compare_features
 
 CPU = torch.device("cpu")
 FAST = [name for name in ("onnxruntime", "torchscript") if name in available_engines(CPU)]
@@ -89,10 +83,10 @@ def test_engine_matches_eager_fp32(backbone, engine, batch, eagers):
 def test_auto_default_extractor_matches_eager_on_files(some_jpegs):
     """The default path (efficientnet_lite0, penultimate, engine="auto") end to end."""
     auto = Extractor(device="cpu")
-    assert auto.engine_name == "eager"  # nothing built until a large job asks for it
-    name = auto.prepare_engine()
-    assert name == auto_candidates(CPU, "fp32")[0] == auto.engine_name
+    # decided by the configuration and the machine, before any image is seen
+    assert auto.engine_name == auto_candidates(CPU, "fp32")[0]
     fast = auto.extract(some_jpegs, num_workers=0).features
+    assert auto.engine_name == auto_candidates(CPU, "fp32")[0]
     eager = Extractor(device="cpu", engine="eager")
     ref = eager.extract(some_jpegs, num_workers=0).features
     min_cos, max_abs = compare_features({"x": ref}, {"x": fast})
@@ -102,31 +96,41 @@ def test_auto_default_extractor_matches_eager_on_files(some_jpegs):
     assert auto.layer_config("penultimate") == eager.layer_config("penultimate")
 
 
-def test_auto_stays_eager_for_small_jobs(rgb_arrays, monkeypatch):
-    ex = Extractor("resnet18", None, layer="layer1", device="cpu")
-    monkeypatch.setattr(extraction, "build_engine", _must_not_build)
-    ex.extract(rgb_arrays)
-    assert ex.engine_name == "eager" and ex._engine is None
-    assert len(rgb_arrays) < AUTO_MIN_IMAGES
+@pytest.fixture
+def fresh_engines(monkeypatch):
+    """An empty per-process engine memo for this test."""
+    monkeypatch.setattr(extraction, "_ENGINES", {})
+    monkeypatch.setattr(extraction, "_CHECKED", set())
+    monkeypatch.setattr(extraction, "_REJECTED", {})
 
 
-def _must_not_build(*args, **kwargs):
-    raise AssertionError("no engine should be built for a small job")
+def test_engines_are_built_once_per_configuration(rgb_arrays, fresh_engines, monkeypatch):
+    built = []
+    real = extraction.build_engine
+
+    def counting(*args, **kwargs):
+        built.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extraction, "build_engine", counting)
+    for _ in range(3):
+        Extractor("resnet18", None, layer="layer1", device="cpu").extract(rgb_arrays[:2])
+    assert len(built) == (1 if FAST else 0)
 
 
-def test_auto_falls_back_when_a_build_fails(rgb_arrays, monkeypatch):
+def test_auto_falls_back_when_a_build_fails(rgb_arrays, monkeypatch, fresh_engines):
     def broken(name, *args, **kwargs):
         raise BackboneError(f"simulated: {name} cannot trace this network")
 
     monkeypatch.setattr(extraction, "build_engine", broken)
     ex = Extractor("resnet18", None, layer="layer1", device="cpu")
     assert ex.prepare_engine() == "eager"
-    assert ex._failed_engines == set(auto_candidates(CPU, "fp32")[:-1])
     assert ex.engine_name == "eager"
     assert ex.extract(rgb_arrays[:2]).features.shape == (2, 64)
 
 
-def test_auto_rejects_an_engine_that_disagrees_with_eager(monkeypatch):
+def test_auto_rejects_an_engine_that_disagrees_with_eager_on_real_images(monkeypatch, batch,
+                                                                         fresh_engines):
     class Wrong:
         name = "torchscript"
 
@@ -135,12 +139,15 @@ def test_auto_rejects_an_engine_that_disagrees_with_eager(monkeypatch):
 
     monkeypatch.setattr(extraction, "build_engine", lambda *a, **k: Wrong())
     ex = Extractor("resnet18", None, device="cpu")
-    assert ex.prepare_engine() == "eager"
+    ex.prepare_engine()  # built, but not checked before a real batch comes
+    out = ex.forward(batch[:3])  # the first real batch: checked, rejected, eager runs
+    assert ex.engine_name == "eager"
+    assert not np.allclose(out["penultimate"], 1.0)
 
 
 def test_explicit_engine_errors():
-    with pytest.raises(ValueError, match="Unknown engine"):
-        Extractor("resnet18", None, device="cpu", engine="tensorrt")
+    with pytest.raises(ValueError, match="'engine' option"):
+        Extractor("resnet18", None, device="cpu", engine="tensorrt")  # "one of [...]"
     with pytest.raises(BackboneError, match="fp32 only"):
         Extractor("resnet18", None, device="cpu", precision="bf16", engine="torchscript")
     assert set(ENGINES) >= set(available_engines(CPU))
@@ -153,15 +160,17 @@ def test_explicit_engine_errors():
 def test_truncated_net_leaves_the_model_alone():
     ex = Extractor("resnet18", None, layer="layer2", device="cpu", engine="eager")
     before = {k: v.clone() for k, v in ex.model.state_dict().items()}
-    net = TruncatedNet(ex.model, ["layer2"], None, ex.preprocessing, "avg", channels_last=True)
+    net = TruncatedNet(ex.model, ["layer2"], None, ex.preprocessing, "avg")
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
         (out,) = net(x)
     assert out.shape == (2, 128)
-    assert not ex.model.layer2._forward_hooks  # hooks live on the private copy only
+    assert not ex.model.layer2._forward_hooks  # hooks live only during a forward pass
     for k, v in ex.model.state_dict().items():
         assert torch.equal(v, before[k])
-    assert ex.model.conv1.weight.is_contiguous()  # still in the default memory format
+    built = build_engine("torchscript", ex.model, ["layer2"], None, ex.preprocessing, "avg", CPU)
+    assert built(x)["layer2"].shape == (2, 128)
+    assert ex.model.conv1.weight.is_contiguous()  # the engine's channels_last is on a copy
 
 
 def test_compare_features():
@@ -192,12 +201,12 @@ def test_resize_crop_matches_pil(some_jpegs):
 
 
 def test_file_content_key_memo(tmp_path, monkeypatch):
-    monkeypatch.setattr(extraction, "_RACY_NS", -10**12)  # memoize files written just now
-    monkeypatch.setattr(extraction, "_KEY_MEMO", {})
+    monkeypatch.setattr(keys, "_RACY_NS", -10**12)  # memoize files written just now
+    monkeypatch.setattr(keys, "_KEY_MEMO", {})
     path = tmp_path / "a.bin"
     path.write_bytes(b"one")
     assert file_content_key(str(path)) == content_key(str(path))
-    assert len(extraction._KEY_MEMO) == 1
+    assert len(keys._KEY_MEMO) == 1
     assert file_content_key(path) == content_key(str(path))  # served by the memo
     path.write_bytes(b"three")  # a new stat: hashed again, never the stale key
     assert file_content_key(str(path)) == content_key(str(path)) != content_key(b"one")
@@ -214,11 +223,10 @@ def test_default_workers_leave_the_cores_to_the_forward_pass_on_cpu():
     assert default_num_workers(1000, 32) == max(1, min(8, cpus))
 
 
-def test_rows_cached_by_a_fast_engine_serve_a_small_eager_call(some_jpegs, tmp_path):
-    """A large job (fast engine) and a later small call (eager) share one cache configuration."""
+def test_rows_cached_by_a_fast_engine_serve_an_eager_call(some_jpegs, tmp_path):
+    """A job with the fast engine and a later eager call share one cache configuration."""
     cache = tmp_path / "feats.h5"
     job = Extractor("resnet18", None, device="cpu")
-    job.prepare_engine()
     big = job.extract(some_jpegs, cache=cache, num_workers=0)
     assert big.n_computed == len(some_jpegs)
     small = Extractor("resnet18", None, device="cpu", engine="eager")

@@ -26,7 +26,7 @@ def test_init_stores_parameters_only():
 
 
 def test_invalid_parameter_is_reported_in_sklearn_wording():
-    with pytest.raises(ValueError, match="The 'pooling' parameter of CNNFeaturizer must be"):
+    with pytest.raises(ValueError, match="The 'pooling' option of CNNFeaturizer must be"):
         CNNFeaturizer(pooling="median").fit()
 
 

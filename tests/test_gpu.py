@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from featurize.engine import auto_candidates, compare_features
+from featurize.runtimes import auto_candidates, compare_features
 from featurize.extraction import Extractor
 
 pytestmark = [

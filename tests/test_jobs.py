@@ -14,14 +14,13 @@ import pytest
 from featurize.cache import FeatureCache
 from featurize.extraction import Extractor
 from pipelines.config import KEYS, build_spec, load_job_file, parse_resources
-from pipelines.jobs import (
+from featurize.progress import Progress
+from pipelines.inputs import read_list_file, resolve_inputs
+from pipelines.jobs import run_job
+from pipelines.spec import (
     JobConfigError,
     JobSpec,
-    Progress,
     parse_shard,
-    read_list_file,
-    resolve_inputs,
-    run_job,
     select_shard,
     shard_cache_path,
     shard_of,
@@ -71,7 +70,7 @@ def shared_model(resnet):
         asked.append(options)
         assert options == {"backbone": "resnet18", "weights": None, "layer": None,
                            "pooling": "avg", "device": "cpu", "precision": "auto",
-                           "engine": "eager"}  # a small job: eager, as extract() decides
+                           "engine": "auto"}  # the options as given; never by job size
         return resnet
 
     with pytest.MonkeyPatch.context() as patch:
@@ -171,9 +170,8 @@ def test_job_file_keys_paths_and_command_line_overrides(tmp_path):
     assert spec.batch_size == 32  # the command line wins
     assert spec.sources == values["sources"]  # an empty command-line list does not
     assert spec.layers == ["layer2"] and spec.column == "file" and spec.retry_failed is True
-    assert spec.extractor_options(10)["weights"] is None
-    assert spec.extractor_options(10)["engine"] == "eager"
-    assert spec.extractor_options(10_000)["engine"] == "auto"  # resolved by prepare_engine
+    assert spec.extractor_options()["weights"] is None
+    assert spec.extractor_options()["engine"] == "auto"  # the same for any size of job
     assert spec.target == os.path.join(base, "out", "feats.shard-1-of-3.h5")
     assert set(KEYS) >= {"sources", "cache", "backbone", "shard", "scheduler", "failures"}
     with pytest.raises(JobConfigError, match="does not exist; create it first"):

@@ -1,40 +1,32 @@
 """Inference engines: the backbone truncated at the requested layers, made fast for one device.
 
-:class:`featurize.extraction.Extractor` runs its forward pass through an *engine*:
+:class:`featurize.extraction.Extractor` runs its forward pass through an *engine*; every
+engine runs the same :class:`featurize.layers.TruncatedNet`:
 
 ``"eager"``
-    The reference: the PyTorch module run with forward hooks that stop at the last requested
-    layer (:class:`featurize.layers.LayerTap`), autocast on CUDA. Lives in ``extraction.py``.
+    The reference: the truncated PyTorch module run as it is, autocast on CUDA.
 ``"onnxruntime"``
     The truncated network (uint8 input, normalization, layers, pooling) exported to ONNX
     in memory and run by ONNX Runtime's CPU provider. The fastest engine on CPU by far
     (about 5-8x eager PyTorch for efficientnet_lite0 on a 2-core machine, see
-    ``benchmarks/README.md``). Needs the ``onnxruntime`` and ``onnx`` packages
-    (``pip install "featurize[onnx]"``).
+    ``benchmarks/README.md``). Needs ``pip install "featurize[onnx]"``.
 ``"torchscript"``
-    The truncated network traced with ``torch.jit.trace``, frozen with ``torch.jit.freeze``
-    (constant weights, conv-BN folding, dead code removed), channels_last. About 1.5-2x eager
-    on CPU with no extra package.
+    The truncated network traced with ``torch.jit.trace`` and frozen (constant weights,
+    conv-BN folding, dead code removed), channels_last. About 1.5-2x eager on CPU.
 ``"compile"``
-    ``torch.compile`` of the truncated network. Opt-in only: it takes minutes to compile on a
-    small CPU machine; on a GPU it can pay off for long jobs.
+    ``torch.compile`` of the truncated network. Opt-in only (minutes to compile on a small
+    CPU machine).
 ``"auto"``
-    On CPU in fp32: ``"onnxruntime"`` when installed, else ``"torchscript"``; elsewhere (CUDA,
-    MPS, reduced precision) ``"eager"``, which already runs autocast and channels_last there.
+    Decided by the configuration and the machine, never by the size of a call: on CPU in
+    fp32, ``"onnxruntime"`` when installed, else ``"torchscript"``; elsewhere (CUDA, MPS,
+    reduced precision) ``"eager"``, which already runs autocast and channels_last there.
 
 Every engine computes the same function as eager fp32 up to floating-point rounding (cosine
->= 0.999 is checked by ``tests/test_engine.py``; typically max abs diff ~1e-5). An ``"auto"``
-engine is built only for calls of at least :data:`AUTO_MIN_IMAGES` images, and checked when it
-is built, against eager on a small batch: one that fails to build or disagrees is dropped for
-the next candidate (eager last). The engine is not part of the cache key
-(``Extractor.layer_config``): like a CPU and a GPU run of the same model, engines differ only
-by float rounding, and a cache must serve a small eager call the rows a large job computed
-with a faster engine.
-
-Truncation: forward hooks record the requested layers while the whole network is traced once;
-tracing keeps only the operations the recorded outputs depend on, so the layers after the last
-requested one are removed from the graph (the eager path stops early by raising from a hook,
-which cannot be traced).
+>= 0.999 is checked by ``tests/test_engine.py``). An ``"auto"`` engine is checked against
+eager on the first real batch it gets (preprocessed images, not noise): one that fails to
+build or disagrees is dropped for the next candidate (eager last). The engine is not part of
+the cache key: like a CPU and a GPU run of the same model, engines differ only by float
+rounding.
 """
 
 from __future__ import annotations
@@ -53,15 +45,13 @@ import torch
 from torch import nn
 
 from featurize.exceptions import BackboneError
-from featurize.layers import PENULTIMATE
-from featurize.pooling import pool
+from featurize.layers import TruncatedNet
+from featurize.options import ENGINES
 from featurize.preprocessing import Preprocessing
 
 __all__ = [
-    "AUTO_MIN_IMAGES",
     "ENGINES",
     "Engine",
-    "TruncatedNet",
     "auto_candidates",
     "available_engines",
     "build_engine",
@@ -70,12 +60,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Engine names accepted by :class:`featurize.extraction.Extractor`.
-ENGINES = ("auto", "eager", "onnxruntime", "torchscript", "compile")
-#: ``engine="auto"`` builds an optimised engine (a few seconds: tracing or ONNX export) only for
-#: calls with at least this many images; smaller calls run eager, where the build would cost
-#: more than it saves.
-AUTO_MIN_IMAGES = 128
 #: An ``"auto"`` engine whose features have a cosine below this against eager (on a check
 #: batch at build time) is not used.
 AUTO_MIN_COSINE = 0.9999
@@ -116,71 +100,6 @@ def auto_candidates(device: torch.device, precision: str) -> list[str]:
         return ["eager"]
     return [name for name in ("onnxruntime", "torchscript") if name in available_engines(device)] \
         + ["eager"]
-
-
-class TruncatedNet(nn.Module):
-    """The network from a uint8 batch to the pooled outputs of the requested layers.
-
-    Normalization, the layers up to the last requested one, and the pooling, as one traceable
-    module: ``forward(uint8 (N, 3, H, W)) -> tuple`` of one tensor per layer, in ``layers``
-    order. Capture hooks live on a private copy of the network (the caller's model is left
-    untouched); the layers after the last captured one still run in eager mode but vanish from
-    traced graphs.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The full network in eval mode (copied).
-    layers : list of str
-        Layer names (module names or ``"penultimate"``), validated beforehand.
-    penultimate : str or None
-        Name of the module whose input is the ``"penultimate"`` layer.
-    preprocessing : Preprocessing
-        Its :meth:`~featurize.preprocessing.Preprocessing.normalize` is the first step.
-    pooling : str
-        See :func:`featurize.pooling.pool`.
-    channels_last : bool, default=False
-        Run the network in channels_last memory format.
-    """
-
-    def __init__(self, model: nn.Module, layers: Sequence[str], penultimate: str | None,
-                 preprocessing: Preprocessing, pooling: str, channels_last: bool = False):
-        super().__init__()
-        self.net = copy.deepcopy(model).eval()
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.layers = list(layers)
-        self.preprocessing = preprocessing
-        self.pooling = pooling
-        self.channels_last = channels_last
-        self._captured: dict[str, torch.Tensor] = {}
-        modules = dict(self.net.named_modules())
-        for name in self.layers:
-            if name == PENULTIMATE:
-                modules[penultimate].register_forward_pre_hook(self._pre_hook(name))
-            else:
-                modules[name].register_forward_hook(self._hook(name))
-
-    def _hook(self, name):
-        def hook(module, inputs, output):
-            self._captured[name] = output
-
-        return hook
-
-    def _pre_hook(self, name):
-        def hook(module, inputs):
-            self._captured[name] = inputs[0]
-
-        return hook
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x = self.preprocessing.normalize(x)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        self._captured = {}
-        self.net(x)
-        captured, self._captured = self._captured, {}
-        return tuple(pool(captured[name], self.pooling).contiguous() for name in self.layers)
 
 
 class Engine:
@@ -386,8 +305,12 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
                             " 'eager' on a GPU.")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     start = time.perf_counter()
-    net = TruncatedNet(model, layers, penultimate, preprocessing, pooling,
-                       channels_last=channels_last and name != "onnxruntime").to(device)
+    channels_last = channels_last and name != "onnxruntime"
+    copy_ = copy.deepcopy(model).eval()  # the caller's (shared) model keeps its memory format
+    if channels_last:
+        copy_ = copy_.to(memory_format=torch.channels_last)
+    net = TruncatedNet(copy_, layers, penultimate, preprocessing, pooling,
+                       channels_last=channels_last).to(device)
     # Traced with one image, checked and warmed up with two: a batch size baked into the
     # graph fails the warm-up (and "auto"'s check) instead of passing silently.
     example = _example(preprocessing.crop_size, device, n=1)

@@ -1,4 +1,4 @@
-"""Cross-validation engine shared by :mod:`classify.cv` and :mod:`classify.selection`.
+"""Evaluation of candidate heads across folds, shared by :mod:`classify.cv` and :mod:`classify.selection`.
 
 One task = one feature set x one (train, test) split, evaluating every candidate head on it.
 Tasks run through ``joblib.Parallel``, so any joblib backend (loky, threading, dask) spreads them.

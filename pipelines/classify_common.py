@@ -1,0 +1,205 @@
+"""What the classify sub-commands (train, evaluate, predict, sweep) share: options, candidate
+layers, extraction with failures reported instead of raised, and the selection call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+import numpy as np
+
+from featurize.options import PRECISIONS, parse_weights
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+#: Stages (blocks between changes of feature-map shape) offered besides the penultimate layer.
+DEFAULT_STAGES = 4
+
+
+def csv_list(text: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]`` (argparse type)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def add_runtime_args(parser: argparse.ArgumentParser) -> None:
+    """Options that change how fast features are computed, never their values."""
+    group = parser.add_argument_group("feature extraction")
+    group.add_argument("--cache", metavar="FILE", default=None,
+                       help="HDF5 feature cache: features are computed once and reused")
+    group.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    group.add_argument("--batch-size", type=int, default=32, metavar="N",
+                       help="images per forward pass (default 32)")
+    group.add_argument("--num-workers", type=int, default=None, metavar="N",
+                       help="image-decoding worker processes (default: automatic)")
+
+
+def add_selection_args(parser: argparse.ArgumentParser) -> None:
+    """Candidates and cross-validation options (train and sweep)."""
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                        help=f"pretrained network (default {DEFAULT_BACKBONE}; see "
+                             "`featurize backbones`)")
+    parser.add_argument("--weights", default="DEFAULT", type=parse_weights,
+                        help="weights name or local checkpoint (default: the pretrained "
+                        "DEFAULT; 'none' for a random initialisation)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="forward-pass precision (default auto: mixed on CUDA, fp32 on CPU)")
+    parser.add_argument("--layers", type=csv_list, default=None, metavar="L1,L2,...",
+                        help="candidate layers (default: the ends of the last "
+                             f"{DEFAULT_STAGES} stages and 'penultimate'; see `featurize "
+                             "layers BACKBONE`)")
+    parser.add_argument("--heads", type=csv_list, default=["logreg", "linear_svm", "rbf_svm"],
+                        metavar="H1,H2", help="candidate heads (default logreg,linear_svm,rbf_svm)")
+    parser.add_argument("--scoring", default="balanced_accuracy",
+                        choices=["balanced_accuracy", "accuracy", "f1_macro", "log_loss"],
+                        help="score that decides (default balanced_accuracy)")
+    parser.add_argument("--rule", default="one_se", choices=["one_se", "best"],
+                        help="one_se (default): most regularized C within one standard error of "
+                             "the best; best: highest mean score")
+    parser.add_argument("--folds", type=int, default=5, metavar="K",
+                        help="cross-validation folds (default 5, fewer for tiny classes)")
+    parser.add_argument("--repeats", type=int, default=3, metavar="R",
+                        help="repeats of the k-fold with new shuffles (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
+    parser.add_argument("--jobs", type=int, default=-1, metavar="N",
+                        help="parallel cross-validation workers (default -1: all cores)")
+
+
+def default_layers(infos, n_stages: int = DEFAULT_STAGES) -> list[str]:
+    """Candidate layers: the ends of the last stages before the final feature map, and
+    ``"penultimate"``.
+
+    A stage is a run of consecutive layers (top-level modules and their direct children, in
+    execution order) whose feature maps have the same shape; its last layer is its output.
+    The final feature map is left out: pooled, it is the penultimate embedding.
+
+    Parameters
+    ----------
+    infos : list of LayerInfo
+        The backbone's layers (``name``, ``shape``), in execution order.
+    n_stages : int
+        How many stage outputs to offer.
+
+    Returns
+    -------
+    list of str
+    """
+    maps = [i for i in infos if len(i.shape) == 3 and i.shape[1] * i.shape[2] > 1
+            and i.name.count(".") <= 1]
+    ends = [a.name for a, b in zip(maps, maps[1:]) if a.shape != b.shape]
+    names = [i.name for i in infos]
+    layers = ends[-n_stages:] if n_stages > 0 else []
+    if "penultimate" in names:
+        layers.append("penultimate")
+    elif maps:
+        layers.append(maps[-1].name)
+    return layers or [names[-1]]
+
+
+def backbone_layers(backbone: str, weights) -> list:
+    """The backbone's layers (``LayerInfo``: name, shape), in execution order."""
+    try:
+        from featurize.layers import list_layers
+    except ImportError:  # older featurize: trace a loaded network
+        from featurize.extraction import Extractor
+
+        return Extractor(backbone, weights, None, "avg", "cpu", "fp32").layer_infos
+    return list_layers(backbone)
+
+
+def extract(paths, *, backbone, weights, layers, pooling, precision, args):
+    """Featurize ``paths``; unreadable images are returned as failures, not raised.
+
+    Returns
+    -------
+    features : ndarray of shape (n_paths, n_features)
+        NaN rows for the failures.
+    failures : dict of int to str
+        Row -> reason.
+    widths : dict of str to int
+        Width of each layer's block of columns.
+    """
+    from featurize.exceptions import FeatureExtractionWarning
+    from featurize.extraction import Extractor
+
+    extractor = Extractor(backbone, weights, layers, pooling, args.device, precision)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureExtractionWarning)  # reported by the caller
+        result = extractor.extract(paths, batch_size=args.batch_size,
+                                   num_workers=args.num_workers, cache=args.cache,
+                                   on_error="nan", verbose=int(sys.stderr.isatty()))
+    return result.features, result.failures, result.widths
+
+
+def load_folder(root):
+    """``load_image_folder`` with its skip summary sent to stderr instead of a warning."""
+    from featurize.folder import load_image_folder
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        data = load_image_folder(root)
+    for warning in caught:
+        print(f"note: {warning.message}", file=sys.stderr)
+    return data
+
+
+def report_failures(paths, failures, file=sys.stderr, limit: int = 10) -> None:
+    """One line per unreadable image (up to ``limit``)."""
+    if not failures:
+        return
+    print(f"{len(failures)} of {len(paths)} images could not be read and are left out:",
+          file=file)
+    for row in sorted(failures)[:limit]:
+        print(f"  {paths[row]}: {failures[row]}", file=file)
+    if len(failures) > limit:
+        print(f"  ... and {len(failures) - limit} more", file=file)
+
+
+def candidate_features(data, args):
+    """Extract every candidate (layer, pooling) of the training images.
+
+    Returns
+    -------
+    sets : dict of (layer, pooling) to ndarray
+        Rows of the images that could be read, at every candidate.
+    y : ndarray of str
+        Their class names.
+    failures : dict of int to str
+    layers : list of str
+    """
+    layers = args.layers
+    if layers is None:
+        layers = default_layers(backbone_layers(args.backbone, args.weights))
+    poolings = getattr(args, "poolings", ["avg"])
+    blocks, failures = {}, {}
+    for pooling in poolings:
+        X, failed, widths = extract(data.paths, backbone=args.backbone, weights=args.weights,
+                                    layers=layers, pooling=pooling, precision=args.precision,
+                                    args=args)
+        failures.update(failed)
+        start = 0
+        for layer in layers:
+            block = X[:, start:start + widths[layer]]
+            start += widths[layer]
+            same = blocks.get((layer, poolings[0]))
+            if pooling != poolings[0] and same is not None and np.array_equal(
+                    block, same, equal_nan=True):
+                continue  # a vector layer (e.g. penultimate): every pooling is the identity
+            blocks[(layer, pooling)] = block
+    keep = np.setdiff1d(np.arange(len(data.paths)), list(failures))
+    y = np.asarray(data.target_names)[data.target]
+    return {key: X[keep] for key, X in blocks.items()}, y[keep], failures, layers
+
+
+def run_selection(sets, y, args, *, probability: bool, nested: bool = False):
+    """:func:`classify.select_model` with the command-line options."""
+    from classify import select_model
+
+    return select_model(sets, y, heads=args.heads, probability=probability, scoring=args.scoring,
+                        n_splits=args.folds, n_repeats=args.repeats, random_state=args.seed,
+                        rule=args.rule, nested=nested, n_jobs=args.jobs)
+
+
+# -- the command ------------------------------------------------------------------------------
