@@ -263,7 +263,12 @@ def _evaluate_fold_unlimited(X, y, train, test, estimators, n_classes):
     return scores, times, preds, errors, n_warn
 
 
-def evaluate(arrays, y, candidates, splits, *, n_jobs=None, verbose=0) -> Evaluation:
+def _task(f, s, X, y, train, test, estimators, n_classes):
+    return f, s, _evaluate_fold(X, y, train, test, estimators, n_classes)
+
+
+def evaluate(arrays, y, candidates, splits, *, n_jobs=None, verbose=0,
+             progress=None) -> Evaluation:
     """Evaluate candidates on splits, one task per (feature set, split).
 
     Parameters
@@ -279,6 +284,8 @@ def evaluate(arrays, y, candidates, splits, *, n_jobs=None, verbose=0) -> Evalua
         ``joblib.Parallel`` workers (``None``: 1, or the active ``parallel_backend``'s setting).
     verbose : int, default=0
         Passed to ``joblib.Parallel``.
+    progress : featurize.progress.Progress or None
+        Advanced by the number of fits of each task as it ends (tasks end in any order).
 
     Returns
     -------
@@ -291,18 +298,24 @@ def evaluate(arrays, y, candidates, splits, *, n_jobs=None, verbose=0) -> Evalua
     jobs = [(f, s) for f in groups for s in range(len(splits))]
     logger.info("cross-validating %d candidates on %d splits (%d tasks)",
                 len(candidates), len(splits), len(jobs))
-    outputs = Parallel(n_jobs=n_jobs, verbose=verbose)(
-        delayed(_evaluate_fold)(arrays[f], y, splits[s][0], splits[s][1],
-                                [candidates[i].estimator for i in groups[f]], n_classes)
+    results = Parallel(n_jobs=n_jobs, verbose=verbose, return_as="generator_unordered")(
+        delayed(_task)(f, s, arrays[f], y, splits[s][0], splits[s][1],
+                       [candidates[i].estimator for i in groups[f]], n_classes)
         for f, s in jobs
     )
+    outputs = {}
+    for f, s, output in results:
+        outputs[(f, s)] = output
+        if progress is not None:
+            progress.advance(len(groups[f]))
     n_cand, n_split = len(candidates), len(splits)
     result = Evaluation(
         scores=np.full((n_cand, n_split, len(SCORE_NAMES)), np.nan),
         fit_times=np.full((n_cand, n_split), np.nan),
         predictions=[np.full((n_cand, len(test)), -1, dtype=np.int64) for _, test in splits],
     )
-    for (f, s), (scores, times, preds, errors, n_warn) in zip(jobs, outputs):
+    for (f, s) in jobs:
+        scores, times, preds, errors, n_warn = outputs[(f, s)]
         index = np.asarray(groups[f])
         result.scores[index, s] = scores
         result.fit_times[index, s] = times
@@ -314,6 +327,19 @@ def evaluate(arrays, y, candidates, splits, *, n_jobs=None, verbose=0) -> Evalua
         logger.info("%d fits stopped at max_iter before converging (typical for very large C)",
                     result.n_not_converged)
     return result
+
+
+def concatenate(first: Evaluation, second: Evaluation) -> Evaluation:
+    """The evaluation of ``first``'s candidates followed by ``second``'s, on the same splits."""
+    offset = first.scores.shape[0]
+    return Evaluation(
+        scores=np.concatenate([first.scores, second.scores]),
+        fit_times=np.concatenate([first.fit_times, second.fit_times]),
+        predictions=[np.concatenate([a, b]) for a, b in zip(first.predictions,
+                                                             second.predictions)],
+        errors={**first.errors, **{i + offset: m for i, m in second.errors.items()}},
+        n_not_converged=first.n_not_converged + second.n_not_converged,
+    )
 
 
 def out_of_fold(evaluation: Evaluation, candidate: int, splits, split_ids, n_samples: int,

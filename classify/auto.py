@@ -19,6 +19,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.heads import make_head
+from classify.search import FAST_HEADS
 from classify.selection import DEFAULT_HEADS, feature_set_name, select_model
 
 __all__ = ["AutoClassifier"]
@@ -30,6 +31,8 @@ def _heads_have(attr: str):
 
     def check(self) -> bool:
         heads = self.heads
+        if heads is None:
+            heads = DEFAULT_HEADS if self.search == "exhaustive" else FAST_HEADS
         if isinstance(heads, str):
             heads = (heads,)
         items = heads.items() if isinstance(heads, Mapping) else ((name, None) for name in heads)
@@ -70,8 +73,9 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         Blocks of columns of ``X`` to choose from, e.g. ``{("blocks.10", "avg"): slice(0, 112),
         ("penultimate", "avg"): slice(112, 1392)}``; a spec is a slice, a ``(start, stop)``
         pair, column indices or a boolean mask. None: all columns, one block.
-    heads : sequence of str or mapping, default=("logreg", "linear_svm", "rbf_svm")
-        Heads to try (see :func:`~classify.selection.select_model`).
+    heads : sequence of str or mapping, default=None
+        Heads to try (see :func:`~classify.selection.select_model`; None: logistic regression
+        for the fast search, logreg, linear_svm and rbf_svm for the exhaustive one).
     param_grids : mapping, default=None
         Grid per head (default: each head's default grid).
     probability : bool, default=False
@@ -88,6 +92,8 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         Choice rule (see :func:`~classify.selection.select_model`).
     n_jobs : int, default=None
         ``joblib.Parallel`` workers for the cross-validation.
+    search : {"fast", "exhaustive"}, default="fast"
+        Selection strategy (see :func:`~classify.selection.select_model`).
 
     Attributes
     ----------
@@ -107,9 +113,9 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         The chosen head, refitted on all of ``X[:, best_columns_]``.
     """
 
-    def __init__(self, *, feature_sets=None, heads=DEFAULT_HEADS, param_grids=None,
+    def __init__(self, *, feature_sets=None, heads=None, param_grids=None,
                  probability=False, scoring="balanced_accuracy", n_splits=5, n_repeats=3,
-                 random_state=0, rule="one_se", n_jobs=None):
+                 random_state=0, rule="one_se", n_jobs=None, search="fast"):
         self.feature_sets = feature_sets
         self.heads = heads
         self.param_grids = param_grids
@@ -120,6 +126,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.rule = rule
         self.n_jobs = n_jobs
+        self.search = search
 
     def _blocks(self, n_features: int) -> dict:
         if self.feature_sets is None:
@@ -156,7 +163,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
             sets, y, heads=self.heads, param_grids=self.param_grids,
             probability=self.probability, scoring=self.scoring, n_splits=self.n_splits,
             n_repeats=self.n_repeats, random_state=self.random_state, rule=self.rule,
-            n_jobs=self.n_jobs)
+            n_jobs=self.n_jobs, search=self.search)
         chosen = self.selection_.best_feature_set
         self.best_feature_set_ = None if self.feature_sets is None else chosen
         self.best_columns_ = blocks[self.best_feature_set_]

@@ -243,7 +243,14 @@ class FittedModel:
                 "reports": self.reports,
             },
         }
-        joblib.dump(payload, path, compress=compress)
+        # Written beside the target and renamed: Ctrl-C or a kill never leaves a partial model.
+        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
+        try:
+            joblib.dump(payload, tmp, compress=compress)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def load_model(path: str | os.PathLike) -> FittedModel:

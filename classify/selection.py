@@ -29,10 +29,12 @@ from sklearn.model_selection import ParameterGrid
 from sklearn.utils.validation import check_array
 
 from classify import _evaluation
+from classify import search as _search
 from classify.cv import CVResult, build_cv_result, encode_labels, make_splits
 from classify.heads import HEADS, default_param_grid, make_head
 from classify.metrics import GREATER_IS_BETTER, SCORE_NAMES
 from classify.reports import format_frame, format_scores
+from classify.search import SEARCHES
 from classify.splits import AdaptiveStratifiedKFold
 
 logger = logging.getLogger(__name__)
@@ -261,6 +263,11 @@ class SelectionResult:
         What was adapted or worth knowing (fewer folds, C at a grid edge, failed candidates).
     nested : NestedCVResult or None
         Nested cross-validation of the whole procedure, when asked for.
+    search : {"fast", "exhaustive"}
+        The strategy that chose (see :mod:`classify.search`).
+    screening : pandas.DataFrame or None
+        Fast search only: the ridge leave-one-out score of every feature set (``feature_set``,
+        ``loo_score``, ``alpha``, ``seconds``, ``tuned``); only the tuned ones are in ``table``.
     """
 
     table: pd.DataFrame
@@ -273,6 +280,8 @@ class SelectionResult:
     rule: str = "one_se"
     notes: tuple = field(default_factory=tuple)
     nested: NestedCVResult | None = None
+    search: str = "exhaustive"
+    screening: pd.DataFrame | None = None
 
     @property
     def best(self) -> _evaluation.Candidate:
@@ -447,13 +456,59 @@ def _warn_edges(candidates, best: int) -> list[str]:
     return []
 
 
-def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HEADS,
+def _run_evaluation(arrays, codes, candidates, splits, n_jobs, verbose, progress,
+                    desc: str = "cross-validate"):
+    """:func:`_evaluation.evaluate` with a progress bar over the fits."""
+    from featurize.progress import make_progress
+
+    bar = make_progress(progress, desc=desc, unit="fit", interval=10.0)
+    bar.start(len(candidates) * len(splits))
+    try:
+        return _evaluation.evaluate(arrays, codes, candidates, splits, n_jobs=n_jobs,
+                                    verbose=verbose, progress=bar)
+    finally:
+        bar.close()
+
+
+def _extend_edges(arrays, codes, candidates, evaluation, splits, scoring, n_jobs, verbose,
+                  progress):
+    """Fast search: while the best C is at an end of its grid, try one decade further."""
+    split_ids = list(range(len(splits)))
+    for _ in range(_search.MAX_EXTENSIONS):
+        means, _ = _nan_summaries(evaluation, split_ids)
+        crit = _criterion(means, scoring)
+        if not np.isfinite(crit).any():
+            break
+        best = _choose(crit, candidates)
+        cand = candidates[best]
+        c = _c_of(cand.params)
+        if c is None or cand.head not in HEADS:
+            break
+        grid = [_c_of(k.params) for k in candidates
+                if k.feature_set == cand.feature_set and k.head == cand.head]
+        new_c = _search.extension(grid, c)
+        if new_c is None:
+            break
+        params = {**cand.params, "C": new_c}
+        new = [_evaluation.Candidate(f, make_head(cand.head, probability=False, **params),
+                                     cand.head, params)
+               for f in sorted({k.feature_set for k in candidates if k.head == cand.head})]
+        logger.info("fast search: best C=%g at the end of the grid; trying C=%g", c, new_c)
+        more = _run_evaluation(arrays, codes, new, splits, n_jobs, verbose, progress,
+                               desc=f"extend C={new_c:g}")
+        candidates = candidates + new
+        evaluation = _evaluation.concatenate(evaluation, more)
+    return candidates, evaluation
+
+
+def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = None,
                  param_grids: Mapping | None = None, probability: bool = False,
                  scoring: str = "balanced_accuracy", n_splits: int = 5, n_repeats: int = 3,
                  random_state: int = 0, rule: str = "one_se", nested: bool = False,
                  outer_splits: int = 5, n_jobs: int | None = None,
-                 verbose: int = 0) -> SelectionResult:
-    """Choose feature set, head and parameters by repeated stratified cross-validation.
+                 verbose: int = 0, search: str = "fast", n_finalists: int = 2,
+                 progress: str = "none") -> SelectionResult:
+    """Choose feature set, head and parameters by stratified cross-validation.
 
     Give this function training data only: everything it returns is measured on it.
 
@@ -466,9 +521,9 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
         treated as ``{"features": X}``.
     y : array-like of shape (n_samples,)
         Class labels (strings or integers).
-    heads : sequence of str or mapping of str to estimator, default=DEFAULT_HEADS
-        ``DEFAULT_HEADS = ("logreg", "linear_svm", "rbf_svm")``.
-        Registered head names (see :func:`~classify.heads.list_heads`), or a mapping of name to
+    heads : sequence of str or mapping of str to estimator, default=None
+        None: ``("logreg",)`` for the fast search, ``DEFAULT_HEADS = ("logreg", "linear_svm",
+        "rbf_svm")`` for the exhaustive one. Registered head names (see :func:`~classify.heads.list_heads`), or a mapping of name to
         an unfitted estimator (or ``None`` for a registered head).
     param_grids : mapping of str to dict, default=None
         Grid per head name, e.g. ``{"logreg": {"C": np.logspace(-4, 2, 13)}}``. Registered heads
@@ -505,6 +560,17 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
         ``with joblib.parallel_backend("dask"):`` the tasks go to a Dask cluster.
     verbose : int, default=0
         joblib verbosity.
+    search : {"fast", "exhaustive"}, default="fast"
+        ``"fast"`` (:mod:`classify.search`): every feature set is screened by a closed-form
+        leave-one-out ridge score, and only the ``n_finalists`` best are cross-validated, over
+        a coarse C grid that extends itself when the best C is at an end, with one k-fold
+        repeat from 1,000 images on; SVMs are calibrated only when refitted. ``"exhaustive"``:
+        every (feature set, head, C) on every fold of every repeat.
+    n_finalists : int, default=2
+        Fast search: feature sets tuned after the screening.
+    progress : {"none", "auto", "bar", "log"}, default="none"
+        A tqdm bar with an ETA on stderr (``"bar"``), log lines every 10 s (``"log"``), or
+        whichever suits stderr (``"auto"``): fits done out of fits planned.
 
     Returns
     -------
@@ -520,25 +586,64 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
     >>> from sklearn.datasets import load_digits
     >>> X, y = load_digits(return_X_y=True)
     >>> result = select_model({"pixels": X[:300]}, y[:300], heads=["logreg"],
-    ...                       param_grids={"logreg": {"C": [0.01, 1.0]}}, n_repeats=1)
+    ...                       param_grids={"logreg": {"C": [0.01, 1.0]}}, n_repeats=1,
+    ...                       search="exhaustive")
     >>> result.best_head
     'logreg'
     """
     scoring = _check_scoring(scoring)
     rule = _check_rule(rule)
+    if search not in SEARCHES:
+        raise ValueError(f"The 'search' parameter must be one of {list(SEARCHES)}. Got "
+                         f"{search!r} instead.")
+    if heads is None:
+        heads = DEFAULT_HEADS if search == "exhaustive" else _search.FAST_HEADS
     classes, codes = encode_labels(y)
     keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
-    candidates = _build_candidates(len(arrays), heads, param_grids, probability)
+    screening, extra_notes = None, []
+    if search == "fast":
+        from featurize.progress import make_progress
+
+        bar = make_progress(progress, desc="screen feature sets", unit="set", interval=10.0)
+        bar.start(len(arrays))
+        try:
+            screening = _search.screen_feature_sets(arrays, codes, scoring, progress=bar)
+        finally:
+            bar.close()
+        tuned = _search.finalists(screening, n_finalists)
+        screening.insert(0, "feature_set", [feature_set_name(k) for k in keys])
+        screening["tuned"] = [i in tuned for i in range(len(keys))]
+        extra_notes.append(_search.screen_note(keys, screening, tuned, feature_set_name))
+        n_repeats = _search.fast_repeats(len(codes), n_repeats)
+        grids = dict(param_grids or {})
+        for name in (heads if not isinstance(heads, (str, Mapping)) else
+                     ([heads] if isinstance(heads, str) else list(heads))):
+            if name not in grids and _search.fast_c_grid(name) is not None \
+                    and not (isinstance(heads, Mapping) and heads[name] is not None):
+                grids[name] = {"C": _search.fast_c_grid(name)}
+        candidates = [c for c in _build_candidates(len(arrays), heads, grids, False)
+                      if c.feature_set in tuned]
+    else:
+        candidates = _build_candidates(len(arrays), heads, param_grids, probability)
     splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
-    evaluation = _evaluation.evaluate(arrays, codes, candidates, splits, n_jobs=n_jobs,
-                                  verbose=verbose)
+    evaluation = _run_evaluation(arrays, codes, candidates, splits, n_jobs, verbose, progress)
+    if search == "fast" and not param_grids:
+        candidates, evaluation = _extend_edges(arrays, codes, candidates, evaluation, splits,
+                                               scoring, n_jobs, verbose, progress)
     if len(evaluation.errors) == len(candidates):
         raise ValueError(f"Every candidate failed to fit; the first error: "
                          f"{evaluation.errors[0]}")
     split_ids = list(range(len(splits)))
     means, stds = _nan_summaries(evaluation, split_ids)
     best, crit = _decide(means, stds, candidates, scoring, rule, plan.n_splits)
-    notes = list(plan.notes) + _warn_edges(candidates, best)
+    if search == "fast" and probability:
+        chosen = candidates[best]
+        if chosen.head in HEADS and not hasattr(chosen.estimator, "predict_proba"):
+            # calibrated once, for the refit on all the data
+            candidates[best] = _evaluation.Candidate(
+                chosen.feature_set, make_head(chosen.head, probability=True, **chosen.params),
+                chosen.head, chosen.params)
+    notes = list(plan.notes) + extra_notes + _warn_edges(candidates, best)
     if evaluation.errors:
         index, message = next(iter(evaluation.errors.items()))
         failed = candidates[index]
@@ -550,7 +655,8 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
         keys=keys, candidates=candidates, best_index=best,
         best_cv=build_cv_result(evaluation, best, splits, split_ids, classes, codes, plan,
                                 n_repeats, random_state),
-        classes=classes, scoring=scoring, rule=rule, notes=tuple(notes),
+        classes=classes, scoring=scoring, rule=rule, notes=tuple(notes), search=search,
+        screening=screening,
     )
     logger.info("selected %s / %s %s: %s = %.4f", feature_set_name(result.best_feature_set),
                 result.best_head, _params_text(result.best_params), scoring, result.best_score)
@@ -559,16 +665,17 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HE
             dict(zip(keys, arrays)), y, heads=heads, param_grids=param_grids,
             probability=probability, scoring=scoring, n_splits=n_splits, n_repeats=n_repeats,
             random_state=random_state, rule=rule, outer_splits=outer_splits, n_jobs=n_jobs,
-            verbose=verbose)
+            verbose=verbose, search=search, n_finalists=n_finalists)
     return result
 
 
-def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = DEFAULT_HEADS,
+def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping | None = None,
                           param_grids: Mapping | None = None, probability: bool = False,
                           scoring: str = "balanced_accuracy", n_splits: int = 5,
                           n_repeats: int = 3, random_state: int = 0, rule: str = "one_se",
                           outer_splits: int = 5, outer_repeats: int = 1,
-                          n_jobs: int | None = None, verbose: int = 0) -> NestedCVResult:
+                          n_jobs: int | None = None, verbose: int = 0, search: str = "fast",
+                          n_finalists: int = 2) -> NestedCVResult:
     """Unbiased estimate of :func:`select_model`'s whole procedure by nested cross-validation.
 
     In every outer fold, the selection (feature set, head, parameters, by inner repeated
@@ -585,8 +692,9 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
         Outer folds (reduced for small classes like the inner ones).
     outer_repeats : int, default=1
         Repeats of the outer k-fold.
-    n_jobs, verbose
-        As in :func:`select_model`. All inner tasks of all outer folds form one parallel batch.
+    n_jobs, verbose, search, n_finalists
+        As in :func:`select_model`. With the exhaustive search, all inner tasks of all outer
+        folds form one parallel batch; the fast search runs in each outer fold in turn.
 
     Returns
     -------
@@ -597,11 +705,25 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
     rule = _check_rule(rule)
     classes, codes = encode_labels(y)
     keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
-    candidates = _build_candidates(len(arrays), heads, param_grids, probability)
     outer_cv = AdaptiveStratifiedKFold(outer_splits, n_repeats=outer_repeats,
                                        random_state=random_state)
     outer_plan = outer_cv.plan(codes)
     outer = list(outer_cv.split(y=codes))
+    if search == "fast":
+        candidates, chosen = [], []
+        for o, (train, _) in enumerate(outer):
+            inner = select_model(
+                {i: X[train] for i, X in enumerate(arrays)}, codes[train], heads=heads,
+                param_grids=param_grids, probability=probability, scoring=scoring,
+                n_splits=n_splits, n_repeats=n_repeats, random_state=random_state, rule=rule,
+                n_jobs=n_jobs, verbose=verbose, search="fast", n_finalists=n_finalists)
+            candidates.append(inner.best)
+            chosen.append((o, inner.best_score))
+        return _outer_scores(keys, arrays, codes, classes, candidates, chosen, outer,
+                             outer_plan, outer_repeats, random_state, n_jobs, verbose)
+    if heads is None:
+        heads = DEFAULT_HEADS
+    candidates = _build_candidates(len(arrays), heads, param_grids, probability)
     inner_splits, owner, inner_k = [], [], []
     for o, (train, _) in enumerate(outer):
         splits, inner_plan = make_splits(codes[train], n_splits, n_repeats, random_state)
@@ -609,13 +731,20 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping = D
         owner += [o] * len(splits)
         inner_k.append(inner_plan.n_splits)
     evaluation = _evaluation.evaluate(arrays, codes, candidates, inner_splits, n_jobs=n_jobs,
-                                  verbose=verbose)
+                                      verbose=verbose)
     owner = np.asarray(owner)
     chosen = []
     for o in range(len(outer)):
         means, stds = _nan_summaries(evaluation, np.flatnonzero(owner == o))
         best, _ = _decide(means, stds, candidates, scoring, rule, inner_k[o])
         chosen.append((best, float(means[best, SCORE_NAMES.index(scoring)])))
+    return _outer_scores(keys, arrays, codes, classes, candidates, chosen, outer, outer_plan,
+                         outer_repeats, random_state, n_jobs, verbose)
+
+
+def _outer_scores(keys, arrays, codes, classes, candidates, chosen, outer, outer_plan,
+                  outer_repeats, random_state, n_jobs, verbose) -> NestedCVResult:
+    """Refit each outer fold's choice on its training part and score it on its test part."""
     n_classes = len(classes)
     refits = Parallel(n_jobs=n_jobs, verbose=verbose)(
         delayed(_evaluation._evaluate_fold)(arrays[candidates[b].feature_set], codes, train, test,

@@ -7,16 +7,18 @@ A bar goes to standard error; where that is not a terminal, one INFO log line ev
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator, Sequence
 
 from featurize.exceptions import ConfigError
 
-__all__ = ["PROGRESS_MODES", "Progress", "duration", "make_progress"]
+__all__ = ["PROGRESS_MODES", "Progress", "duration", "log_to_stderr", "make_progress"]
 
-logger = logging.getLogger("featurize")
+logger = logging.getLogger("featurize.progress")
 
 #: ``auto``: a bar on a terminal, else log lines.
 PROGRESS_MODES = ("auto", "bar", "log", "none")
@@ -52,12 +54,21 @@ class _BarProgress(Progress):
 
         self._bar = tqdm(total=total, unit=self.unit, desc=self.desc, smoothing=0.05,
                          dynamic_ncols=True)
+        self._heartbeat = _Heartbeat(1.0, self._refresh)
+
+    def _refresh(self) -> None:
+        bar = self._bar
+        if bar is not None:
+            bar.refresh()  # elapsed time keeps moving during a long step
 
     def advance(self, n: int) -> None:
         if self._bar is not None and n:
             self._bar.update(n)
 
     def close(self) -> None:
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
@@ -76,13 +87,18 @@ class _LogProgress(Progress):
     def start(self, total: int) -> None:
         self.total, self.done = total, 0
         self._t0 = self._last = time.monotonic()
+        self._heartbeat = _Heartbeat(min(self.interval, 10.0), self._tick)
 
-    def advance(self, n: int) -> None:
-        self.done += n
+    def _tick(self) -> None:
+        """Called by the heartbeat: a line even while a long step reports nothing."""
         now = time.monotonic()
         if now - self._last >= self.interval:
             self._last = now
             self._log(now)
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self._tick()
 
     def _log(self, now: float) -> None:
         elapsed = max(now - self._t0, 1e-9)
@@ -94,8 +110,31 @@ class _LogProgress(Progress):
                     duration(left))
 
     def close(self) -> None:
+        heartbeat = getattr(self, "_heartbeat", None)
+        if heartbeat is not None:
+            heartbeat.stop()
         if self.total:
             self._log(time.monotonic())
+
+
+class _Heartbeat:
+    """A daemon thread calling ``beat()`` every ``period`` seconds until :meth:`stop`, so that
+    a long step (one fit of minutes) never leaves the output silent."""
+
+    def __init__(self, period: float, beat) -> None:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(period, beat), daemon=True,
+                                        name="featurize-progress")
+        self._thread.start()
+
+    def _run(self, period: float, beat) -> None:
+        while not self._stop.wait(period):
+            beat()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def duration(seconds: float) -> str:
@@ -127,3 +166,23 @@ def make_progress(mode: str = "auto", *, interval: float = 30.0, desc: str = "ex
     if mode == "none":
         return Progress()
     raise ConfigError(f"progress must be one of {list(PROGRESS_MODES)}; got {mode!r}.")
+
+
+@contextlib.contextmanager
+def log_to_stderr(names: Sequence[str] = ("featurize",)) -> Iterator[None]:
+    """Show these loggers' INFO lines on stderr while a command runs (progress lines when
+    stderr is not a terminal, stages with ``--verbose``), then put them back as they were."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)

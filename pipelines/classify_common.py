@@ -9,7 +9,9 @@ import warnings
 
 import numpy as np
 
+from classify.search import SEARCHES
 from featurize.options import PRECISIONS, parse_weights
+from featurize.progress import log_to_stderr
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 #: Stages (blocks between changes of feature-map shape) offered besides the penultimate layer.
@@ -50,8 +52,15 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
                         help="candidate layers (default: the ends of the last "
                              f"{DEFAULT_STAGES} stages and 'penultimate'; see `featurize "
                              "layers BACKBONE`)")
-    parser.add_argument("--heads", type=csv_list, default=["logreg", "linear_svm", "rbf_svm"],
-                        metavar="H1,H2", help="candidate heads (default logreg,linear_svm,rbf_svm)")
+    parser.add_argument("--search", default="fast", choices=SEARCHES,
+                        help="fast (default): screen every layer in closed form (ridge "
+                        "leave-one-out), tune only the best --finalists; exhaustive: every "
+                        "layer x head x C on every fold")
+    parser.add_argument("--finalists", type=int, default=2, metavar="N",
+                        help="fast search: layers tuned after the screening (default 2)")
+    parser.add_argument("--heads", type=csv_list, default=None, metavar="H1,H2",
+                        help="candidate heads (default: logreg for the fast search, "
+                        "logreg,linear_svm,rbf_svm for the exhaustive one)")
     parser.add_argument("--scoring", default="balanced_accuracy",
                         choices=["balanced_accuracy", "accuracy", "f1_macro", "log_loss"],
                         help="score that decides (default balanced_accuracy)")
@@ -65,6 +74,8 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits (default 0)")
     parser.add_argument("--jobs", type=int, default=-1, metavar="N",
                         help="parallel cross-validation workers (default -1: all cores)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="print what each stage does (screening, tuning) on stderr")
 
 
 def default_layers(infos, n_stages: int = DEFAULT_STAGES) -> list[str]:
@@ -197,9 +208,15 @@ def run_selection(sets, y, args, *, probability: bool, nested: bool = False):
     """:func:`classify.select_model` with the command-line options."""
     from classify import select_model
 
-    return select_model(sets, y, heads=args.heads, probability=probability, scoring=args.scoring,
-                        n_splits=args.folds, n_repeats=args.repeats, random_state=args.seed,
-                        rule=args.rule, nested=nested, n_jobs=args.jobs)
+    # progress lines (when stderr is not a terminal) always; every stage with --verbose
+    names = ["classify", "featurize"] if getattr(args, "verbose", False) else [
+        "featurize.progress"]
+    with log_to_stderr(names):
+        return select_model(sets, y, heads=args.heads, probability=probability,
+                            scoring=args.scoring, n_splits=args.folds, n_repeats=args.repeats,
+                            random_state=args.seed,
+                            rule=args.rule, nested=nested, n_jobs=args.jobs,
+                            search=args.search, n_finalists=args.finalists, progress="auto")
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import signal
 import sys
 import textwrap
@@ -17,7 +16,7 @@ import threading
 from collections.abc import Iterator
 
 from featurize.options import CACHE_DTYPES, CACHED_POOLINGS, ENGINES, PRECISIONS
-from featurize.progress import PROGRESS_MODES, make_progress
+from featurize.progress import PROGRESS_MODES, log_to_stderr, make_progress
 from pipelines.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
 from pipelines.config import build_spec, load_job_file, parse_resources
 from pipelines.jobs import run_job
@@ -175,25 +174,6 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-@contextlib.contextmanager
-def _log_to_stderr() -> Iterator[None]:
-    """Show the job's INFO log lines (progress when not on a terminal) for this command."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           "%Y-%m-%d %H:%M:%S"))
-    loggers = [logging.getLogger(name) for name in ("pipelines", "featurize")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.addHandler(handler)
-        lg.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-
-
 def _usage_error(message: str) -> int:
     sys.stderr.write(f"featurize {NAME}: error: {message}\n")
     return EXIT_USAGE
@@ -218,7 +198,7 @@ def run_command(args: argparse.Namespace) -> int:
         return _usage_error(f"--log-interval must be positive; got {args.log_interval}.")
 
     stop = threading.Event()
-    with _log_to_stderr(), _stop_on_signals(stop):
+    with log_to_stderr(("pipelines", "featurize")), _stop_on_signals(stop):
         try:
             summary = run_job(spec, progress=make_progress(args.progress,
                                                            interval=args.log_interval),

@@ -165,3 +165,43 @@ def test_sweep_skips_poolings_of_vector_layers(trained, trees, capsys):
     assert code == 0
     cells = {(r["layer"], r["pooling"]) for r in json.loads(capsys.readouterr().out)}
     assert cells == {("blocks.10", "avg"), ("blocks.10", "max"), ("penultimate", "avg")}
+
+
+def test_train_is_never_silent_during_selection(trees, tmp_path, capsys):
+    out = tmp_path / "m.joblib"
+    code = main(["train", str(trees / "train"), "--out", str(out), "--verbose", *FAST])
+    assert code == 0
+    err = capsys.readouterr().err
+    # progress lines (stderr is not a terminal here) and the stages
+    assert "screen feature sets: 2/2 set" in err and "cross-validate:" in err
+    assert "fast search" in err or "cross-validating" in err
+
+
+def test_ctrl_c_during_selection_exits_130_and_writes_no_model(trees, tmp_path, monkeypatch,
+                                                               capsys):
+    from classify import _evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what Ctrl-C raises in the middle of the cross-validation
+
+    monkeypatch.setattr(_evaluation, "evaluate", interrupted)
+    out = tmp_path / "m.joblib"
+    assert main(["train", str(trees / "train"), "--out", str(out), *FAST]) == 130
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_saving_leaves_no_partial_model(trees, tmp_path, monkeypatch):
+    import joblib
+
+    real_dump = joblib.dump
+
+    def dump_then_interrupt(value, filename, **kwargs):
+        real_dump(value, filename, **kwargs)
+        with open(filename, "r+b") as fh:
+            fh.truncate(100)  # half-written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(joblib, "dump", dump_then_interrupt)
+    out = tmp_path / "m.joblib"
+    assert main(["train", str(trees / "train"), "--out", str(out), *FAST]) == 130
+    assert list(tmp_path.iterdir()) == []

@@ -90,7 +90,8 @@ def test_model_without_probabilities_says_so(data):
     with pytest.raises(AttributeError, match="probability=True"):
         svm.predict_proba_features(sets[("penultimate", "avg")])
     calibrated = train_model(sets, y, heads=["linear_svm"], probability=True,
-                             param_grids={"linear_svm": {"C": [0.01]}}, n_splits=3, n_repeats=1)
+                             param_grids={"linear_svm": {"C": [0.01]}}, n_splits=3, n_repeats=1,
+                             search="exhaustive")  # the fast search calibrates the refit only
     assert calibrated.predict_proba_features(sets[("penultimate", "avg")]).shape == (120, 3)
     assert svm.cv_scores["log_loss"] is None  # no probabilities, no log loss
     assert calibrated.cv_scores["log_loss"] > 0

@@ -6,6 +6,7 @@ import time
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import load_digits, make_classification
 from sklearn.linear_model import LogisticRegression
@@ -38,7 +39,8 @@ def digits_sets():
 @pytest.fixture(scope="module")
 def digits_result(digits_sets):
     sets, y = digits_sets
-    return select_model(sets, y, param_grids=SMALL_GRIDS, n_splits=3, n_repeats=2)
+    return select_model(sets, y, param_grids=SMALL_GRIDS, n_splits=3, n_repeats=2,
+                        search="exhaustive")
 
 
 def test_informative_feature_set_wins(digits_result):
@@ -236,3 +238,69 @@ def test_benchmark_speed():
     print(f"\n{len(result.table)} candidates x 15 folds: {elapsed:.1f} s")
     # ~16 s on two idle cores (31 s of CPU); generous for a shared machine
     assert elapsed < 300
+
+
+# -- the fast search (issue #12) --------------------------------------------------------------
+
+
+def test_fast_search_screens_every_set_and_tunes_the_finalists(digits_sets):
+    sets, y = digits_sets
+    result = select_model(sets, y, n_splits=3, n_finalists=1)
+    assert result.search == "fast"
+    screen = result.screening
+    assert list(screen["feature_set"]) == ["pixels/avg", "noise/avg"]
+    assert screen.loc[0, "loo_score"] > 0.8 > 0.3 > screen.loc[1, "loo_score"]
+    assert list(screen["tuned"]) == [True, False]
+    assert set(result.table["feature_set"]) == {"pixels/avg"}  # only the finalist is tuned
+    assert result.best_feature_set == ("pixels", "avg") and result.best_head == "logreg"
+    assert any("ridge leave-one-out" in note for note in result.notes)
+
+
+def test_fast_search_agrees_with_exhaustive_on_the_same_candidates(digits_sets):
+    """With every set a finalist and the same grid and folds, both strategies are one search."""
+    sets, y = digits_sets
+    kwargs = dict(heads=["logreg"], param_grids={"logreg": {"C": [0.01, 0.1, 1.0]}},
+                  n_splits=3, n_repeats=2)
+    fast = select_model(sets, y, search="fast", n_finalists=2, **kwargs)
+    full = select_model(sets, y, search="exhaustive", **kwargs)
+    cols = ["feature_set", "head", "params", "balanced_accuracy_mean"]
+    pd.testing.assert_frame_equal(fast.table[cols], full.table[cols])
+    assert fast.best_index == full.best_index
+
+
+def test_fast_search_extends_a_c_grid_whose_best_is_at_an_end(monkeypatch):
+    from classify import search
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 10))
+    y = (X @ rng.standard_normal(10) > 0).astype(int)  # separable: more C is better at first
+    monkeypatch.setitem(search.FAST_C_GRID, "logreg", [1e-5, 1e-4])
+    result = select_model({"x": X}, y, n_splits=3, n_repeats=1, rule="best")
+    cs = sorted(result.table["C"])
+    assert cs[:2] == [1e-5, 1e-4] and len(cs) > 2  # extended upwards, one decade at a time
+    assert np.allclose(np.diff(np.log10(cs)), 1)
+    best_c = result.table.loc[result.table["balanced_accuracy_mean"].idxmax(), "C"]
+    assert best_c < cs[-1] or len(cs) == 2 + search.MAX_EXTENSIONS
+    assert result.best_cv.mean_scores()["accuracy"] > 0.9
+
+
+def test_fast_search_progress_and_nested(digits_sets, capsys):
+    sets, y = digits_sets
+    result = select_model(sets, y, n_splits=3, progress="bar", nested=True, outer_splits=3)
+    err = capsys.readouterr().err
+    assert "screen feature sets" in err and "cross-validate" in err and "fit" in err
+    assert result.nested is not None and len(result.nested.fold_scores) == 3
+    assert result.nested.mean_scores()["accuracy"] > 0.8
+
+
+def test_screening_of_a_binary_problem_is_a_real_score():
+    """Two classes: ridge encodes one +-1 column; its LOO decisions are read by sign."""
+    from classify.search import screen_feature_sets
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 100)
+    informative = rng.standard_normal((200, 30)) + 0.8 * y[:, None]
+    noise = rng.standard_normal((200, 30))
+    screen = screen_feature_sets([informative, noise], y)
+    assert screen.loc[0, "loo_score"] > 0.85
+    assert 0.3 < screen.loc[1, "loo_score"] < 0.65

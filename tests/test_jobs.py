@@ -6,6 +6,7 @@ import csv
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -272,3 +273,16 @@ def test_no_images_is_an_error(tmp_path):
     with pytest.raises(JobConfigError, match="hold no image files"):
         run_job(JobSpec(sources=[str(tmp_path / "empty")], cache=str(tmp_path / "f.h5"),
                         **RANDOM), progress="none")
+
+
+def test_log_progress_speaks_during_a_long_silent_step(caplog):
+    from featurize.progress import make_progress
+
+    progress = make_progress("log", interval=0.2, desc="select", unit="fit")
+    with caplog.at_level("INFO", logger="featurize.progress"):
+        progress.start(10)
+        time.sleep(0.7)  # one long fit: no advance() at all
+        lines_while_silent = len(caplog.records)
+        progress.close()
+    assert lines_while_silent >= 2
+    assert "select: 0/10 fit" in caplog.records[0].getMessage()
