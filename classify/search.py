@@ -23,10 +23,10 @@ close to the cost of extracting the features:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeClassifierCV
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
@@ -42,7 +42,7 @@ FAST_HEADS = ("logreg",)
 FAST_C_GRID = {"logreg": [1e-4, 1e-3, 1e-2, 1e-1, 1.0], "linear_svm": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
                "rbf_svm": [0.1, 1.0, 10.0, 100.0]}
 #: Ridge penalties screened (standardized features; the LOO picks one per feature set).
-RIDGE_ALPHAS = np.logspace(-1, 5, 13)
+RIDGE_ALPHAS = np.logspace(-3, 5, 17)
 #: From this many images on, one k-fold repeat: fold noise is small and every repeat costs a
 #: full set of fits.
 ONE_REPEAT_FROM = 1000
@@ -80,22 +80,16 @@ def screen_feature_sets(arrays, y, scoring: str = "balanced_accuracy", progress=
     from classify.metrics import compute_scores
 
     score_name = _ridge_scoring(scoring)
-    classes = np.unique(y)
+    classes, codes = np.unique(y, return_inverse=True)
     rows = []
     for X in arrays:
         start = time.perf_counter()
-        Z = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
         with threadpool_limits(limits=None):
-            model = RidgeClassifierCV(alphas=RIDGE_ALPHAS, store_cv_results=True,
-                                      scoring="accuracy").fit(Z, y)
-        # with a scoring, cv_results_ holds the leave-one-out decision values (not errors):
-        # (n_samples, n_targets, n_alphas), from ridge's closed form
-        loo = model.cv_results_.reshape(len(y), -1, len(RIDGE_ALPHAS))
+            loo = ridge_loo_decisions(X, codes, len(classes), RIDGE_ALPHAS)
         best = (-np.inf, RIDGE_ALPHAS[0])
-        for a, alpha in enumerate(RIDGE_ALPHAS):
-            values = loo[:, :, a]
-            pred = (classes[(values[:, 0] > 0).astype(int)] if values.shape[1] == 1
-                    else classes[values.argmax(axis=1)])
+        for alpha, values in zip(RIDGE_ALPHAS, loo):
+            pred = classes[(values[:, 0] > 0).astype(int) if values.shape[1] == 1
+                           else values.argmax(axis=1)]
             value = compute_scores(y, pred, None, classes)[score_name]
             if value > best[0]:
                 best = (value, alpha)
@@ -104,6 +98,51 @@ def screen_feature_sets(arrays, y, scoring: str = "balanced_accuracy", progress=
         if progress is not None:
             progress.advance(1)
     return pd.DataFrame(rows)
+
+
+def ridge_loo_decisions(X, codes, n_classes: int, alphas) -> Iterator[np.ndarray]:
+    """Leave-one-out decision values of a ridge classifier on standardized ``X``, per alpha.
+
+    The closed form of :class:`sklearn.linear_model.RidgeClassifierCV` (targets +-1 one-vs-rest,
+    one column for two classes; intercept): with the hat matrix ``H`` of the fit on all rows,
+    the prediction for row ``i`` without row ``i`` is ``y_i - (y_i - yhat_i) / (1 - H_ii)``.
+    One eigendecomposition (of ``X.T X`` or ``X X.T``, the smaller) serves every alpha.
+    Written here rather than read from ``RidgeClassifierCV(store_cv_results=True)`` to keep
+    memory to one float32 copy of ``X`` and its rotation (scikit-learn keeps float64 copies
+    and the decisions of every alpha at once), which the selection's memory target needs.
+
+    Yields
+    ------
+    ndarray of shape (n_samples, n_targets), float64
+        For each alpha in order.
+    """
+    Z = StandardScaler().fit_transform(np.asarray(X, dtype=np.float32))
+    n, p = Z.shape
+    Y = -np.ones((n, n_classes if n_classes > 2 else 1))
+    if n_classes > 2:
+        Y[np.arange(n), codes] = 1.0
+    else:
+        Y[codes == 1, 0] = 1.0
+    mean = Y.mean(axis=0)
+    if n > p:  # X (X'X + a I)^-1 X' = Q diag(1 / (s + a)) Q',  Q = X V
+        s, V = np.linalg.eigh(Z.T.astype(np.float64) @ Z)
+        Q = Z @ V.astype(np.float32)
+        weight = lambda a: 1.0 / (s + a)  # noqa: E731
+    else:  # = U diag(s / (s + a)) U'  with  X X' = U diag(s) U'
+        s, Q = np.linalg.eigh(Z.astype(np.float64) @ Z.T)
+        Q = Q.astype(np.float32)
+        weight = lambda a: s / (s + a)  # noqa: E731
+    del Z
+    s = np.clip(s, 0.0, None)
+    QtY = Q.T.astype(np.float64) @ (Y - mean)
+    Q2 = np.square(Q, dtype=np.float64) if Q.size < 4_000_000 else None
+    for alpha in alphas:
+        w = weight(alpha)
+        diag = (Q2 @ w if Q2 is not None else
+                np.einsum("ij,ij,j->i", Q, Q, w.astype(np.float32), dtype=np.float64))
+        fitted = mean + Q @ (w[:, None] * QtY).astype(np.float32)
+        h = 1.0 / n + diag
+        yield Y - (Y - fitted) / (1.0 - h)[:, None]
 
 
 def finalists(screen: pd.DataFrame, n_finalists: int) -> list[int]:

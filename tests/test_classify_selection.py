@@ -304,3 +304,23 @@ def test_screening_of_a_binary_problem_is_a_real_score():
     screen = screen_feature_sets([informative, noise], y)
     assert screen.loc[0, "loo_score"] > 0.85
     assert 0.3 < screen.loc[1, "loo_score"] < 0.65
+
+
+@pytest.mark.parametrize("n, p, n_classes", [(120, 20, 3), (60, 200, 4), (80, 15, 2)])
+def test_ridge_loo_equals_scikit_learn(n, p, n_classes):
+    """The screening's closed form gives RidgeClassifierCV's leave-one-out decisions."""
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.preprocessing import StandardScaler
+
+    from classify.search import ridge_loo_decisions
+
+    rng = np.random.default_rng(n)
+    y = rng.integers(0, n_classes, n)
+    X = rng.standard_normal((n, p)) + y[:, None] * 0.3
+    alphas = [0.5, 10.0, 300.0]
+    ours = list(ridge_loo_decisions(X, y, n_classes, alphas))
+    Z = StandardScaler().fit_transform(X.astype(np.float32)).astype(np.float64)
+    ref = RidgeClassifierCV(alphas=alphas, store_cv_results=True, scoring="accuracy").fit(Z, y)
+    for a, values in enumerate(ours):
+        expected = ref.cv_results_[..., a].reshape(n, -1)
+        np.testing.assert_allclose(values, expected, rtol=2e-3, atol=2e-3)
