@@ -125,21 +125,24 @@ def ridge_loo_decisions(X, codes, n_classes: int, alphas) -> Iterator[np.ndarray
         Y[codes == 1, 0] = 1.0
     mean = Y.mean(axis=0)
     if n > p:  # X (X'X + a I)^-1 X' = Q diag(1 / (s + a)) Q',  Q = X V
-        s, V = np.linalg.eigh(Z.T.astype(np.float64) @ Z)
+        s, V = np.linalg.eigh((Z.T @ Z).astype(np.float64))
         Q = Z @ V.astype(np.float32)
         weight = lambda a: 1.0 / (s + a)  # noqa: E731
     else:  # = U diag(s / (s + a)) U'  with  X X' = U diag(s) U'
-        s, Q = np.linalg.eigh(Z.astype(np.float64) @ Z.T)
+        s, Q = np.linalg.eigh((Z @ Z.T).astype(np.float64))
         Q = Q.astype(np.float32)
         weight = lambda a: s / (s + a)  # noqa: E731
     del Z
     s = np.clip(s, 0.0, None)
-    QtY = Q.T.astype(np.float64) @ (Y - mean)
-    Q2 = np.square(Q, dtype=np.float64) if Q.size < 4_000_000 else None
+    QtY = (Q.T @ (Y - mean).astype(np.float32)).astype(np.float64)
+    Q2 = np.square(Q, dtype=np.float64) if Q.size < 500_000 else None
     for alpha in alphas:
         w = weight(alpha)
-        diag = (Q2 @ w if Q2 is not None else
-                np.einsum("ij,ij,j->i", Q, Q, w.astype(np.float32), dtype=np.float64))
+        if Q2 is not None:
+            diag = Q2 @ w
+        else:  # in row blocks: no float64 copy of Q
+            w32 = w.astype(np.float32)
+            diag = np.concatenate([np.square(Q[i:i + 256]) @ w32 for i in range(0, n, 256)])
         fitted = mean + Q @ (w[:, None] * QtY).astype(np.float32)
         h = 1.0 / n + diag
         yield Y - (Y - fitted) / (1.0 - h)[:, None]
