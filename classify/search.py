@@ -27,7 +27,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
-from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 logger = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ FAST_HEADS = ("logreg",)
 FAST_C_GRID = {"logreg": [1e-4, 1e-3, 1e-2, 1e-1, 1.0], "linear_svm": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
                "rbf_svm": [0.1, 1.0, 10.0, 100.0]}
 #: Ridge penalties screened (standardized features; the LOO picks one per feature set).
-RIDGE_ALPHAS = np.logspace(-3, 5, 17)
+RIDGE_ALPHAS = np.logspace(-1, 5, 13)
 #: From this many images on, one k-fold repeat: fold noise is small and every repeat costs a
 #: full set of fits.
 ONE_REPEAT_FROM = 1000
@@ -88,6 +87,8 @@ def screen_feature_sets(arrays, y, scoring: str = "balanced_accuracy", progress=
             loo = ridge_loo_decisions(X, codes, len(classes), RIDGE_ALPHAS)
         best = (-np.inf, RIDGE_ALPHAS[0])
         for alpha, values in zip(RIDGE_ALPHAS, loo):
+            if not np.isfinite(values).all():
+                continue  # near-interpolation (1 - h_ii ~ 0): no usable leave-one-out
             pred = classes[(values[:, 0] > 0).astype(int) if values.shape[1] == 1
                            else values.argmax(axis=1)]
             value = compute_scores(y, pred, None, classes)[score_name]
@@ -108,44 +109,65 @@ def ridge_loo_decisions(X, codes, n_classes: int, alphas) -> Iterator[np.ndarray
     the prediction for row ``i`` without row ``i`` is ``y_i - (y_i - yhat_i) / (1 - H_ii)``.
     One eigendecomposition (of ``X.T X`` or ``X X.T``, the smaller) serves every alpha.
     Written here rather than read from ``RidgeClassifierCV(store_cv_results=True)`` to keep
-    memory to one float32 copy of ``X`` and its rotation (scikit-learn keeps float64 copies
-    and the decisions of every alpha at once), which the selection's memory target needs.
+    memory to one float32 copy of ``X`` and p x p matrices (scikit-learn keeps float64 copies,
+    a rotated copy and the decisions of every alpha at once), which the selection's memory
+    target needs.
 
     Yields
     ------
     ndarray of shape (n_samples, n_targets), float64
         For each alpha in order.
     """
-    Z = StandardScaler().fit_transform(np.asarray(X, dtype=np.float32))
+    # standardized in place on one float32 copy (StandardScaler's float64 temporaries would
+    # double the memory); population std, constant columns left at 0, as StandardScaler does
+    Z = np.array(X, dtype=np.float32)
     n, p = Z.shape
+    Z -= Z.mean(axis=0, dtype=np.float64).astype(np.float32)
+    scale = np.sqrt(np.einsum("ij,ij->j", Z, Z, dtype=np.float64) / n)
+    scale[scale == 0] = 1.0
+    Z /= scale.astype(np.float32)
     Y = -np.ones((n, n_classes if n_classes > 2 else 1))
     if n_classes > 2:
         Y[np.arange(n), codes] = 1.0
     else:
         Y[codes == 1, 0] = 1.0
     mean = Y.mean(axis=0)
-    if n > p:  # X (X'X + a I)^-1 X' = Q diag(1 / (s + a)) Q',  Q = X V
-        s, V = np.linalg.eigh((Z.T @ Z).astype(np.float64))
-        Q = Z @ V.astype(np.float32)
-        weight = lambda a: 1.0 / (s + a)  # noqa: E731
-    else:  # = U diag(s / (s + a)) U'  with  X X' = U diag(s) U'
-        s, Q = np.linalg.eigh((Z @ Z.T).astype(np.float64))
-        Q = Q.astype(np.float32)
-        weight = lambda a: s / (s + a)  # noqa: E731
+    Yc = (Y - mean).astype(np.float32)
+    if n > p:
+        # X (X'X + a I)^-1 X' = X M X' with M = V diag(1 / (s + a)) V': a p x p matrix per
+        # alpha, so no rotated n x p copy of X is ever held
+        s, V = np.linalg.eigh(Z.T @ Z)  # float32 throughout: p x p temporaries stay small
+        s = np.clip(s, 0.0, None)
+        ZtY = Z.T @ Yc
+        for alpha in alphas:
+            M = (V / (s + np.float32(alpha))) @ V.T
+            diag = np.concatenate([np.einsum("ij,ij->i", Z[i:i + 512] @ M, Z[i:i + 512])
+                                   for i in range(0, n, 512)])
+            fitted = mean + Z @ (M @ ZtY)
+            h = 1.0 / n + diag
+            yield _loo(Y, fitted, h)
+        return
+    # n <= p: X (X'X + a I)^-1 X' = U diag(s / (s + a)) U'  with  X X' = U diag(s) U'
+    s, U = np.linalg.eigh((Z @ Z.T).astype(np.float64))
     del Z
     s = np.clip(s, 0.0, None)
-    QtY = (Q.T @ (Y - mean).astype(np.float32)).astype(np.float64)
-    Q2 = np.square(Q, dtype=np.float64) if Q.size < 500_000 else None
+    UtY = U.T @ Yc.astype(np.float64)
+    U2 = np.square(U)
     for alpha in alphas:
-        w = weight(alpha)
-        if Q2 is not None:
-            diag = Q2 @ w
-        else:  # in row blocks: no float64 copy of Q
-            w32 = w.astype(np.float32)
-            diag = np.concatenate([np.square(Q[i:i + 256]) @ w32 for i in range(0, n, 256)])
-        fitted = mean + Q @ (w[:, None] * QtY).astype(np.float32)
+        w = s / (s + alpha)
+        diag = U2 @ w
+        fitted = mean + U @ (w[:, None] * UtY)
         h = 1.0 / n + diag
-        yield Y - (Y - fitted) / (1.0 - h)[:, None]
+        yield _loo(Y, fitted, h)
+
+
+def _loo(Y, fitted, h) -> np.ndarray:
+    """``y - (y - yhat) / (1 - h)``; NaN when some ``1 - h`` is too small to be trusted in
+    float32 (a nearly interpolating fit, more features than images and a tiny alpha)."""
+    slack = 1.0 - np.asarray(h, dtype=np.float64)
+    if slack.min() < 1e-4:
+        return np.full(Y.shape, np.nan)
+    return Y - (Y - fitted) / slack[:, None]
 
 
 def finalists(screen: pd.DataFrame, n_finalists: int) -> list[int]:

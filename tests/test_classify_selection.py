@@ -324,3 +324,16 @@ def test_ridge_loo_equals_scikit_learn(n, p, n_classes):
     for a, values in enumerate(ours):
         expected = ref.cv_results_[..., a].reshape(n, -1)
         np.testing.assert_allclose(values, expected, rtol=2e-3, atol=2e-3)
+
+
+def test_screening_of_pure_noise_wider_than_tall_is_at_chance():
+    """More features than images: a tiny alpha interpolates, and its 'leave-one-out' must not
+    pass for a perfect score."""
+    from classify.search import ridge_loo_decisions, screen_feature_sets
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 40)
+    noise = rng.standard_normal((80, 600))
+    assert screen_feature_sets([noise], y).loc[0, "loo_score"] < 0.75
+    (tiny,) = ridge_loo_decisions(noise, y, 2, [1e-6])
+    assert np.isnan(tiny).all()  # refused, not trusted
