@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -30,33 +31,42 @@ def _text(output) -> str:
     return output.get("data", {}).get("text/plain", "")
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory, hymenoptera):
-    """The notebook after a full run, and the committed file's digest before and after."""
+def _execute(notebook: Path, env: dict) -> nbformat.NotebookNode:
+    """Run ``notebook`` in memory, with cwd its folder and ``env`` set (None: unset)."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     if "python3" not in KernelSpecManager().find_kernel_specs():
         pytest.skip("no 'python3' Jupyter kernel installed (pip install ipykernel)")
-    before = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    env = {
-        "FEATURIZE_DATA": str(hymenoptera),
-        # the kernel imports featurize/classify from this checkout, installed or not
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "FEATURIZE_CACHE": str(tmp_path_factory.mktemp("notebook") / "feats.h5"),
-        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-    }
+    nb = nbformat.read(notebook, as_version=4)
+    env = {"MPLBACKEND": "module://matplotlib_inline.backend_inline",
+           # the kernel imports featurize/classify from this checkout, installed or not
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+           } | env
     mp = pytest.MonkeyPatch()
     for key, value in env.items():
-        mp.setenv(key, value)  # inherited by the kernel process
+        if value is None:
+            mp.delenv(key, raising=False)
+        else:
+            mp.setenv(key, value)  # inherited by the kernel process
     try:
         client = nbclient.NotebookClient(
             nb, kernel_name="python3", timeout=CELL_TIMEOUT_S,
-            resources={"metadata": {"path": str(NOTEBOOK.parent)}},
+            resources={"metadata": {"path": str(notebook.parent)}},
         )
         client.execute()  # raises CellExecutionError on the first failing cell
     finally:
         mp.undo()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory, hymenoptera):
+    """The notebook after a full run, and the committed file's digest before and after."""
+    before = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
+    nb = _execute(NOTEBOOK, {
+        "FEATURIZE_DATA": str(hymenoptera),
+        "FEATURIZE_CACHE": str(tmp_path_factory.mktemp("notebook") / "feats.h5"),
+    })
     after = hashlib.sha256(NOTEBOOK.read_bytes()).hexdigest()
     return nb, before, after
 
@@ -104,3 +114,16 @@ def test_committed_notebook_has_its_outputs():
     assert all(cell.get("execution_count") for cell in code), "commit the notebook executed"
     assert any("image/png" in out.get("data", {}) for cell in code for out in cell.outputs)
     assert NOTEBOOK.stat().st_size < 3_000_000
+
+
+def test_without_the_ants_bees_data_it_runs_on_the_bundled_sample(tmp_path):
+    """From a fresh clone with nothing beside it, the notebook falls back to the sample images."""
+    copy = tmp_path / "notebooks" / NOTEBOOK.name
+    copy.parent.mkdir()
+    shutil.copy(NOTEBOOK, copy)
+    assert not any((folder / "shared").exists() for folder in copy.parents)
+    nb = _execute(copy, {"FEATURIZE_DATA": None, "FEATURIZE_CACHE": str(tmp_path / "feats.h5")})
+    text = "\n".join(_text(out) for cell in nb.cells if cell.cell_type == "code"
+                     for out in cell.get("outputs", []))
+    assert "using the sample images bundled with featurize" in text
+    assert float(re.findall(r"final val accuracy: ([0-9.]+)", text)[-1]) >= 0.8
