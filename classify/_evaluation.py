@@ -81,6 +81,10 @@ class Evaluation:
         Seconds to fit and predict.
     predictions : list of ndarray of shape (n_candidates, n_test)
         One per split: the predicted class codes on that split's test part (-1 if failed).
+    confidences : list of ndarray of shape (n_candidates, n_test, 2), float32
+        One per split: the predicted probability of the true class and of the predicted class
+        (NaN for a head without probabilities, or a failed fit). Two numbers per image, not the
+        whole probability matrix, so memory does not grow with the number of classes.
     errors : dict of int to str
         First error message of each failed candidate.
     n_not_converged : int
@@ -90,6 +94,7 @@ class Evaluation:
     scores: np.ndarray
     fit_times: np.ndarray
     predictions: list
+    confidences: list
     errors: dict = field(default_factory=dict)
     n_not_converged: int = 0
 
@@ -239,6 +244,7 @@ def _evaluate_fold_unlimited(X, y, train, test, estimators, n_classes):
     scores = np.full((n, len(SCORE_NAMES)), np.nan)
     times = np.full(n, np.nan)
     preds = np.full((n, len(test)), -1, dtype=np.int64)
+    confidence = np.full((n, len(test), 2), np.nan, dtype=np.float32)
     errors: dict[int, str] = {}
     n_warn = 0
     for i, estimator in enumerate(estimators):
@@ -258,9 +264,13 @@ def _evaluate_fold_unlimited(X, y, train, test, estimators, n_classes):
         n_warn += any(issubclass(w.category, ConvergenceWarning) for w in caught)
         times[i] = time.perf_counter() - start
         preds[i] = pred
+        if proba is not None:
+            rows = np.arange(len(test))
+            confidence[i, :, 0] = proba[rows, y[test]]
+            confidence[i, :, 1] = proba[rows, pred]
         result = compute_scores(y[test], pred, proba, labels)
         scores[i] = [result[name] for name in SCORE_NAMES]
-    return scores, times, preds, errors, n_warn
+    return scores, times, preds, confidence, errors, n_warn
 
 
 def _task(f, s, X, y, train, test, estimators, n_classes):
@@ -313,13 +323,16 @@ def evaluate(arrays, y, candidates, splits, *, n_jobs=None, verbose=0,
         scores=np.full((n_cand, n_split, len(SCORE_NAMES)), np.nan),
         fit_times=np.full((n_cand, n_split), np.nan),
         predictions=[np.full((n_cand, len(test)), -1, dtype=np.int64) for _, test in splits],
+        confidences=[np.full((n_cand, len(test), 2), np.nan, dtype=np.float32)
+                     for _, test in splits],
     )
     for (f, s) in jobs:
-        scores, times, preds, errors, n_warn = outputs[(f, s)]
+        scores, times, preds, confidence, errors, n_warn = outputs[(f, s)]
         index = np.asarray(groups[f])
         result.scores[index, s] = scores
         result.fit_times[index, s] = times
         result.predictions[s][index] = preds
+        result.confidences[s][index] = confidence
         for i, message in errors.items():
             result.errors.setdefault(int(index[i]), message)
         result.n_not_converged += n_warn
@@ -337,6 +350,8 @@ def concatenate(first: Evaluation, second: Evaluation) -> Evaluation:
         fit_times=np.concatenate([first.fit_times, second.fit_times]),
         predictions=[np.concatenate([a, b]) for a, b in zip(first.predictions,
                                                              second.predictions)],
+        confidences=[np.concatenate([a, b]) for a, b in zip(first.confidences,
+                                                             second.confidences)],
         errors={**first.errors, **{i + offset: m for i, m in second.errors.items()}},
         n_not_converged=first.n_not_converged + second.n_not_converged,
     )
@@ -344,9 +359,12 @@ def concatenate(first: Evaluation, second: Evaluation) -> Evaluation:
 
 def out_of_fold(evaluation: Evaluation, candidate: int, splits, split_ids, n_samples: int,
                 n_repeats: int) -> np.ndarray:
-    """Out-of-fold predictions of one candidate, one row per repeat (-1: never tested)."""
+    """Out-of-fold predictions of one candidate, one row per repeat (-1: never tested), and
+    their confidences (probability of the true and of the predicted class; NaN: none)."""
     oof = np.full((n_repeats, n_samples), -1, dtype=np.int64)
+    confidence = np.full((n_repeats, n_samples, 2), np.nan, dtype=np.float32)
     per_repeat = max(1, len(split_ids) // n_repeats)
     for k, s in enumerate(split_ids):
         oof[k // per_repeat, splits[s][1]] = evaluation.predictions[s][candidate]
-    return oof
+        confidence[k // per_repeat, splits[s][1]] = evaluation.confidences[s][candidate]
+    return oof, confidence

@@ -88,7 +88,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         Repeats of the inner cross-validation.
     random_state : int, default=0
         Seed of the splits.
-    rule : {"one_se", "best"}, default="one_se"
+    rule : {"best", "one_se"}, default="best"
         Choice rule (see :func:`~classify.selection.select_model`).
     n_jobs : int, default=None
         ``joblib.Parallel`` workers for the cross-validation.
@@ -115,7 +115,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, feature_sets=None, heads=None, param_grids=None,
                  probability=False, scoring="balanced_accuracy", n_splits=5, n_repeats=3,
-                 random_state=0, rule="one_se", n_jobs=None, search="fast"):
+                 random_state=0, rule="best", n_jobs=None, search="fast"):
         self.feature_sets = feature_sets
         self.heads = heads
         self.param_grids = param_grids

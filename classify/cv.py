@@ -60,6 +60,10 @@ class CVResult:
     oof_predictions : ndarray of shape (n_repeats, n_samples)
         Out-of-fold predicted codes of every repeat (each repeat is a partition of the samples,
         except single-sample classes: ``-1``, never tested).
+    oof_confidence : ndarray of shape (n_repeats, n_samples, 2) or None
+        Out-of-fold probability of the true class (``[..., 0]``) and of the predicted class
+        (``[..., 1]``); NaN for a head without probabilities (uncalibrated SVM) or an image
+        never tested. What mistake galleries and label-error ranking read.
     n_splits, n_repeats, random_state : int
         The folds actually used.
     notes : tuple of str
@@ -74,6 +78,7 @@ class CVResult:
     n_repeats: int
     random_state: int
     notes: tuple = field(default_factory=tuple)
+    oof_confidence: np.ndarray | None = None
 
     def mean_scores(self) -> dict[str, float]:
         """Mean of each score over all folds and repeats."""
@@ -139,10 +144,11 @@ def build_cv_result(evaluation, candidate, splits, split_ids, classes, y, plan, 
         row.update(zip(SCORE_NAMES, evaluation.scores[candidate, s]))
         row["fit_time"] = evaluation.fit_times[candidate, s]
         rows.append(row)
-    oof = _evaluation.out_of_fold(evaluation, candidate, splits, split_ids, len(y), n_repeats)
+    oof, confidence = _evaluation.out_of_fold(evaluation, candidate, splits, split_ids, len(y),
+                                              n_repeats)
     return CVResult(classes=classes, y=y, fold_scores=pd.DataFrame(rows), oof_predictions=oof,
                     n_splits=plan.n_splits, n_repeats=n_repeats, random_state=random_state,
-                    notes=plan.notes)
+                    notes=plan.notes, oof_confidence=confidence)
 
 
 def cross_validate_head(head: str | BaseEstimator, X, y, *, n_splits: int = 5,

@@ -30,14 +30,52 @@ from classify.selection import SelectionResult, feature_set_name, select_model
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "FittedModel", "load_model", "train_model"]
+__all__ = ["FORMAT_VERSION", "FittedModel", "describe_featurizer", "featurizer_parts",
+           "load_model", "train_model"]
 
 #: Layout version of saved model files; bump it when a change makes old files unreadable.
-FORMAT_VERSION = 1
+#: 2: ``featurizer_config`` may be ``{"parts": [config, ...]}`` (features of several backbones,
+#: concatenated). Files of version 1 (one configuration) are still read.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _FORMAT = "featurize.classify.FittedModel"
 
 #: CNNFeaturizer parameters that change the numbers: they may not be overridden at predict time.
 _NUMERIC_PARAMS = ("backbone", "weights", "layer", "pooling", "precision")
+
+
+def featurizer_parts(config: Mapping) -> list[dict]:
+    """The CNNFeaturizer configurations whose features, concatenated in order, a head reads.
+
+    A model's ``featurizer_config`` is either the parameters of one
+    :class:`featurize.CNNFeaturizer` or ``{"parts": [params, ...]}``: the features of several
+    backbones (each with its own layers), concatenated in the order of the list.
+
+    Parameters
+    ----------
+    config : mapping
+
+    Returns
+    -------
+    list of dict
+    """
+    if "parts" in config:
+        return [dict(part) for part in config["parts"]]
+    return [dict(config)]
+
+
+def describe_featurizer(config: Mapping) -> dict:
+    """``backbone``, ``weights``, ``layer`` and ``pooling`` of a configuration, for display:
+    ``" + "``-joined over the parts of a concatenation."""
+    parts = featurizer_parts(config)
+    if len(parts) == 1:
+        return {key: parts[0].get(key) for key in ("backbone", "weights", "layer", "pooling")}
+
+    def text(value):
+        return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+    return {key: " + ".join(text(part.get(key)) for part in parts)
+            for key in ("backbone", "weights", "layer", "pooling")}
 
 
 def _featurize_version() -> str:
@@ -56,13 +94,18 @@ class FittedModel:
         of the chosen layer and pooling.
     featurizer_config : dict, default=None
         Parameters of :class:`featurize.CNNFeaturizer` (backbone, weights, layer, pooling, ...)
-        that turn an image into the head's input. Stored as given.
+        that turn an image into the head's input, or ``{"parts": [params, ...]}`` when the head
+        reads the concatenated features of several featurizers (see :func:`featurizer_parts`).
+        Stored as given.
     provenance : dict, default=None
         Where the model comes from (backbone, layer, pooling, head, parameters, CV scores, class
         names, versions...); see :func:`train_model`.
     reports : dict of str to pandas.DataFrame, default=None
         Cross-validation reports kept with the model: ``"table"`` (every candidate),
-        ``"per_class"``, ``"confusion"``, ``"fold_scores"`` and ``"nested"`` (when run).
+        ``"per_class"``, ``"confusion"``, ``"fold_scores"``, ``"nested"`` (when run),
+        ``"oof_predictions"`` and ``"oof_confidence"`` (see :class:`~classify.cv.CVResult`);
+        ``featurize train`` adds ``"train_paths"`` (the image of each training row) and
+        ``"train_failures"`` ((path, reason) of the images left out).
 
     Notes
     -----
@@ -97,16 +140,15 @@ class FittedModel:
         return dict(self.provenance.get("cv_scores", {}))
 
     def __repr__(self) -> str:
-        p = self.provenance
-        return (f"FittedModel(backbone={self.featurizer_config.get('backbone')!r}, "
-                f"layer={self.featurizer_config.get('layer')!r}, "
-                f"pooling={self.featurizer_config.get('pooling')!r}, head={p.get('head')!r}, "
+        p, d = self.provenance, describe_featurizer(self.featurizer_config)
+        return (f"FittedModel(backbone={d['backbone']!r}, layer={d['layer']!r}, "
+                f"pooling={d['pooling']!r}, head={p.get('head')!r}, "
                 f"params={p.get('params')!r}, classes={list(map(str, self.classes_))!r})")
 
     def to_text(self) -> str:
         """Configuration, provenance and cross-validation summary as text."""
         p = self.provenance
-        cfg = self.featurizer_config
+        cfg = describe_featurizer(self.featurizer_config)
         lines = [
             f"featurize model (format {FORMAT_VERSION}, featurize {p.get('featurize_version')})",
             f"  backbone: {cfg.get('backbone')}  weights: {cfg.get('weights')}",
@@ -174,6 +216,9 @@ class FittedModel:
     def featurizer(self, **overrides):
         """The fitted :class:`featurize.CNNFeaturizer` of this model (built once, then reused).
 
+        A model that reads several featurizers' features gets a
+        :class:`sklearn.pipeline.FeatureUnion` of them (their columns concatenated in order).
+
         Parameters
         ----------
         **overrides
@@ -188,9 +233,20 @@ class FittedModel:
         if self._featurizer is None:
             from featurize.estimator import CNNFeaturizer  # imports torch
 
-            self._featurizer = CNNFeaturizer(**self.featurizer_config).fit()
+            parts = [CNNFeaturizer(**part).fit()
+                     for part in featurizer_parts(self.featurizer_config)]
+            if len(parts) == 1:
+                self._featurizer = parts[0]
+            else:
+                from sklearn.pipeline import FeatureUnion
+
+                self._featurizer = FeatureUnion([(f"part{i}", part)
+                                                 for i, part in enumerate(parts)])
         if overrides:
-            self._featurizer.set_params(**overrides)
+            names = [name for name, _ in getattr(self._featurizer, "transformer_list", [])]
+            self._featurizer.set_params(**(
+                {f"{name}__{key}": value for name in names for key, value in overrides.items()}
+                if names else overrides))
         return self._featurizer
 
     def transform(self, images, **overrides) -> np.ndarray:
@@ -288,12 +344,12 @@ def load_model(path: str | os.PathLike) -> FittedModel:
         raise ValueError(f"{os.fspath(path)!r} is not a featurize model file (it holds a "
                          f"{type(payload).__name__}); write models with FittedModel.save.")
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise ModelVersionError(
             f"{os.fspath(path)!r} has model format version {version!r} (written by featurize "
             f"{payload.get('featurize_version')}); this featurize {_featurize_version()} reads "
-            f"format version {FORMAT_VERSION}. Retrain the model with this version, or load it "
-            f"with featurize {payload.get('featurize_version')}."
+            f"format versions {', '.join(map(str, _READABLE_VERSIONS))}. Retrain the model with "
+            f"this version, or load it with featurize {payload.get('featurize_version')}."
         )
     if payload.get("sklearn_version") != sklearn.__version__:
         logger.warning("model %s was written with scikit-learn %s; this is %s",
@@ -325,8 +381,9 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
     y : array-like of shape (n_samples,)
         The same labels.
     featurizer_config : dict, default=None
-        CNNFeaturizer parameters; ``layer`` and ``pooling`` are set from the chosen feature set
-        when its key is a ``(layer, pooling)`` tuple.
+        CNNFeaturizer parameters of the chosen feature set (or ``{"parts": [...]}``, see
+        :func:`featurizer_parts`); ``layer`` and ``pooling`` are taken from the chosen feature
+        set's key when it is a ``(layer, pooling)`` tuple and the configuration names neither.
 
     Returns
     -------
@@ -337,7 +394,10 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
     X = check_array(X, dtype=(np.float64, np.float32))
     y = np.asarray(y)
     estimator = selection.best_estimator().fit(X, y)
-    config = {**(featurizer_config or {}), **_layer_pooling(key)}
+    config = dict(featurizer_config or {})
+    if "parts" not in config:
+        config = {**_layer_pooling(key), **config}
+    shown = describe_featurizer(config)
     cv = selection.best_cv
     classes, counts = np.unique(y, return_counts=True)
     provenance = {
@@ -345,10 +405,10 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
         "featurize_version": _featurize_version(),
         "sklearn_version": sklearn.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "backbone": config.get("backbone"),
-        "weights": config.get("weights"),
-        "layer": config.get("layer"),
-        "pooling": config.get("pooling"),
+        "backbone": shown["backbone"],
+        "weights": shown["weights"],
+        "layer": shown["layer"],
+        "pooling": shown["pooling"],
         "feature_set": feature_set_name(key),
         "head": selection.best_head,
         "params": selection.best_params,
@@ -363,7 +423,9 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
         "n_features": int(X.shape[1]),
     }
     reports = {"table": selection.table, "per_class": cv.per_class_report(),
-               "confusion": cv.confusion_matrix(), "fold_scores": cv.fold_scores}
+               "confusion": cv.confusion_matrix(), "fold_scores": cv.fold_scores,
+               # out-of-fold predicted codes and confidences, row i = training row i
+               "oof_predictions": cv.oof_predictions, "oof_confidence": cv.oof_confidence}
     if selection.nested is not None:
         provenance["nested_scores"] = _plain(selection.nested.mean_scores())
         provenance["nested_std"] = _plain(selection.nested.std_scores())

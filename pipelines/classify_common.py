@@ -14,6 +14,10 @@ from featurize.options import PRECISIONS, parse_weights
 from featurize.progress import log_to_stderr
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+#: ``featurize train``'s candidate backbones: the three embedded EfficientNet-Lite networks, each
+#: at the resolution its weights were trained at (224, 240, 260 px). Their features concatenated
+#: are one more candidate; see benchmarks/README.md ("accuracy.py") for why.
+DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 #: Stages (blocks between changes of feature-map shape) offered besides the penultimate layer.
 DEFAULT_STAGES = 4
 
@@ -38,14 +42,18 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
                        help="image-decoding worker processes (default: automatic)")
 
 
-def add_selection_args(parser: argparse.ArgumentParser) -> None:
+def add_selection_args(parser: argparse.ArgumentParser,
+                       default_backbones=(DEFAULT_BACKBONE,)) -> None:
     """Candidates and cross-validation options (train and sweep)."""
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help=f"pretrained network (default {DEFAULT_BACKBONE}; see "
-                             "`featurize backbones`)")
+    parser.add_argument("--backbone", type=csv_list, default=list(default_backbones),
+                        metavar="B1,B2",
+                        help=f"pretrained network(s) (default {','.join(default_backbones)}; see "
+                             "`featurize backbones`). With several, each one's layers are "
+                             "candidates, and so is the concatenation of every backbone's last "
+                             "stage and penultimate layer")
     parser.add_argument("--weights", default="DEFAULT", type=parse_weights,
-                        help="weights name or local checkpoint (default: the pretrained "
-                        "DEFAULT; 'none' for a random initialisation)")
+                        help="weights name or local checkpoint of a single --backbone (default: "
+                        "the pretrained DEFAULT; 'none' for a random initialisation)")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="forward-pass precision (default auto: mixed on CUDA, fp32 on CPU)")
     parser.add_argument("--layers", type=csv_list, default=None, metavar="L1,L2,...",
@@ -64,9 +72,9 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scoring", default="balanced_accuracy",
                         choices=["balanced_accuracy", "accuracy", "f1_macro", "log_loss"],
                         help="score that decides (default balanced_accuracy)")
-    parser.add_argument("--rule", default="one_se", choices=["one_se", "best"],
-                        help="one_se (default): most regularized C within one standard error of "
-                             "the best; best: highest mean score")
+    parser.add_argument("--rule", default="best", choices=["best", "one_se"],
+                        help="best (default): highest mean score; one_se: most regularized C "
+                             "within one standard error of the best")
     parser.add_argument("--folds", type=int, default=5, metavar="K",
                         help="cross-validation folds (default 5, fewer for tiny classes)")
     parser.add_argument("--repeats", type=int, default=3, metavar="R",
@@ -169,39 +177,81 @@ def report_failures(paths, failures, file=sys.stderr, limit: int = 10) -> None:
 
 
 def candidate_features(data, args):
-    """Extract every candidate (layer, pooling) of the training images.
+    """Extract every candidate feature set of the training images.
+
+    The candidates are, for each backbone of ``args.backbone``, its layers (``args.layers``, or
+    :func:`default_layers`) at each pooling, and, when that makes more than one layer, the
+    concatenation of every backbone's last two candidate layers (the last stage and the
+    penultimate layer, by default) at the first pooling. A feature set's key is
+    ``(layer, pooling)``; with several backbones the layer is written ``"backbone:layer"``. The
+    concatenation is ``"layer1+layer2"`` for one backbone and ``"concat:b1+b2+..."`` for several.
 
     Returns
     -------
-    sets : dict of (layer, pooling) to ndarray
-        Rows of the images that could be read, at every candidate.
+    sets : dict of (str, str) to ndarray
+        Rows of the images that could be read (by every backbone), at every candidate.
     y : ndarray of str
         Their class names.
     failures : dict of int to str
-    layers : list of str
+    layers : dict of str to list of str
+        Each backbone's candidate layers.
+    configs : dict of (str, str) to dict
+        The featurizer configuration of each feature set: CNNFeaturizer parameters, or
+        ``{"parts": [...]}`` for a concatenation (see :func:`classify.model.featurizer_parts`);
+        ``precision`` is left to the caller.
     """
-    layers = args.layers
-    if layers is None:
-        layers = default_layers(backbone_layers(args.backbone, args.weights))
+    backbones = list(dict.fromkeys(args.backbone))
+    if len(backbones) > 1 and args.weights != "DEFAULT":
+        raise ValueError(f"--weights {args.weights} names the weights of one network, and "
+                         f"--backbone names {len(backbones)}: give a single --backbone with it.")
     poolings = getattr(args, "poolings", ["avg"])
-    blocks, failures = {}, {}
-    for pooling in poolings:
-        X, failed, widths = extract(data.paths, backbone=args.backbone, weights=args.weights,
-                                    layers=layers, pooling=pooling, precision=args.precision,
-                                    args=args)
-        failures.update(failed)
-        start = 0
-        for layer in layers:
-            block = X[:, start:start + widths[layer]]
-            start += widths[layer]
-            same = blocks.get((layer, poolings[0]))
-            if pooling != poolings[0] and same is not None and np.array_equal(
-                    block, same, equal_nan=True):
-                continue  # a vector layer (e.g. penultimate): every pooling is the identity
-            blocks[(layer, pooling)] = block
+    blocks, failures, layers_of = {}, {}, {}
+    for backbone in backbones:
+        layers = args.layers or default_layers(backbone_layers(backbone, args.weights))
+        layers_of[backbone] = list(layers)
+        for pooling in poolings:
+            X, failed, widths = extract(data.paths, backbone=backbone, weights=args.weights,
+                                        layers=layers, pooling=pooling,
+                                        precision=args.precision, args=args)
+            failures.update(failed)
+            start = 0
+            for layer in layers:
+                block = X[:, start:start + widths[layer]]
+                start += widths[layer]
+                same = blocks.get((backbone, layer, poolings[0]))
+                if pooling != poolings[0] and same is not None and np.array_equal(
+                        block, same, equal_nan=True):
+                    continue  # a vector layer (e.g. penultimate): every pooling is the identity
+                blocks[(backbone, layer, pooling)] = block
     keep = np.setdiff1d(np.arange(len(data.paths)), list(failures))
+
+    def name(backbone, layer):
+        return f"{backbone}:{layer}" if len(backbones) > 1 else layer
+
+    def config(members, pooling):
+        parts = [{"backbone": b, "weights": args.weights, "pooling": pooling,
+                  "layer": [layer for bb, layer in members if bb == b]}
+                 for b in dict.fromkeys(b for b, _ in members)]
+        for part in parts:
+            if len(part["layer"]) == 1:
+                part["layer"] = part["layer"][0]
+        return parts[0] if len(parts) == 1 else {"parts": parts}
+
+    sets, configs = {}, {}
+    for (backbone, layer, pooling), X in blocks.items():
+        key = (name(backbone, layer), pooling)
+        sets[key], configs[key] = X[keep], config([(backbone, layer)], pooling)
+    members = [(b, layer) for b in backbones for layer in layers_of[b][-2:]]
+    if len(members) > 1:
+        # one backbone: "blocks.15+penultimate"; several: "concat:lite0+lite1+lite2" (the
+        # members are in the model's description)
+        joined = ("+".join(layer for _, layer in members) if len(backbones) == 1
+                  else "concat:" + "+".join(backbones))
+        key = (joined, poolings[0])
+        sets[key] = np.hstack([blocks[(b, layer, poolings[0])] for b, layer in members])[keep]
+        configs[key] = config(members, poolings[0])
     y = np.asarray(data.target_names)[data.target]
-    return {key: X[keep] for key, X in blocks.items()}, y[keep], failures, layers
+    return sets, y[keep], failures, layers_of, configs
 
 
 def run_selection(sets, y, args, *, probability: bool, nested: bool = False):

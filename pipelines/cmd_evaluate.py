@@ -30,13 +30,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def model_features(model, paths, args):
-    """Features of ``paths`` with the model's featurizer configuration: (X, failures)."""
-    cfg = model.featurizer_config
-    X, failures, _ = extract(paths, backbone=cfg.get("backbone", "efficientnet_lite0"),
-                             weights=cfg.get("weights", "DEFAULT"), layers=cfg.get("layer"),
-                             pooling=cfg.get("pooling", "avg"),
-                             precision=cfg.get("precision", "auto"), args=args)
-    return X, failures
+    """Features of ``paths`` with the model's featurizer configuration: (X, failures).
+
+    For a model of several featurizers, their features are concatenated in order and a row
+    fails when any of them fails.
+    """
+    from classify.model import featurizer_parts
+
+    blocks, failures = [], {}
+    for cfg in featurizer_parts(model.featurizer_config):
+        X, failed, _ = extract(paths, backbone=cfg.get("backbone", "efficientnet_lite0"),
+                               weights=cfg.get("weights", "DEFAULT"), layers=cfg.get("layer"),
+                               pooling=cfg.get("pooling", "avg"),
+                               precision=cfg.get("precision", "auto"), args=args)
+        blocks.append(X)
+        failures.update((row, reason) for row, reason in failed.items() if row not in failures)
+    return np.hstack(blocks), failures
 
 
 def run(args: argparse.Namespace) -> int:

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from classify.reports import format_frame
 
     data = load_folder(args.data_dir)
-    sets, y, failures, _ = candidate_features(data, args)
+    sets, y, failures, _, _ = candidate_features(data, args)
     report_failures(data.paths, failures)
     selection = run_selection(sets, y, args, probability=args.probability)
     table = sweep_table(selection)

@@ -1,8 +1,11 @@
-"""``featurize train DATA_DIR --out MODEL``: choose layer, pooling, head and C; save the model.
+"""``featurize train DATA_DIR --out MODEL``: choose features, head and C; save the model.
 
-The images of a folder-per-class tree are featurized at several candidate layers in one forward
-pass per pooling (cached with ``--cache``); :func:`classify.select_model` cross-validates every
-(layer, pooling, head, C) on them; the chosen configuration is refitted on all images and saved.
+The images of a folder-per-class tree are featurized by each candidate backbone (by default the
+three embedded EfficientNet-Lite networks) at several candidate layers, in one forward pass per
+backbone and pooling (cached with ``--cache``); the concatenation of every backbone's last stage
+and penultimate layer is one more candidate. :func:`classify.select_model` cross-validates
+every (feature set, head, C) on them; the chosen configuration is refitted on all images and
+saved.
 
 The helpers it shares with the other classify sub-commands are in
 :mod:`pipelines.classify_common`.
@@ -16,6 +19,7 @@ import json
 import numpy as np
 
 from pipelines.classify_common import (
+    DEFAULT_BACKBONES,
     add_runtime_args,
     add_selection_args,
     candidate_features,
@@ -41,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder per class")
     parser.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
-    add_selection_args(parser)
+    add_selection_args(parser, default_backbones=DEFAULT_BACKBONES)
     parser.add_argument("--poolings", type=csv_list, default=["avg"], metavar="P1,P2",
                         help="candidate poolings (default avg; also max, avgmax, gem)")
     parser.add_argument("--nested", action="store_true",
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from classify import fit_selected
 
     data = load_folder(args.data_dir)
-    sets, y, failures, layers = candidate_features(data, args)
+    sets, y, failures, layers, configs = candidate_features(data, args)
     report_failures(data.paths, failures)
     if len(np.unique(y)) < 2:
         raise ValueError(f"{args.data_dir} has fewer than 2 classes with readable images.")
@@ -71,10 +75,16 @@ def run(args: argparse.Namespace) -> int:
 
     # Saved resolved: a model trained with fp32 features predicts with fp32 features anywhere.
     precision = resolve_precision(args.precision, resolve_device(args.device))
-    config = {"backbone": args.backbone, "weights": args.weights, "precision": precision}
+    config = configs[selection.best_feature_set]
+    config = ({"parts": [{**part, "precision": precision} for part in config["parts"]]}
+              if "parts" in config else {**config, "precision": precision})
     model = fit_selected(selection, sets, y, featurizer_config=config)
     model.provenance.update({"data_dir": str(args.data_dir), "candidate_layers": layers,
                              "n_failed_images": len(failures)})
+    # which image each training row is, and what was left out (for `featurize report`)
+    model.reports["train_paths"] = [p for i, p in enumerate(data.paths) if i not in failures]
+    model.reports["train_failures"] = list(data.skipped) + [
+        (data.paths[row], reason) for row, reason in sorted(failures.items())]
     model.save(args.out)
     if args.json:
         p = model.provenance

@@ -54,14 +54,21 @@ def trained(trees, tmp_path_factory):
 
 def test_train_saves_a_model(trained, capsys):
     from classify import load_model
+    from classify.model import featurizer_parts
+    from pipelines.classify_common import DEFAULT_BACKBONES
 
     out, cache = trained
     model = load_model(out)
     p = model.provenance
-    assert p["backbone"] == "efficientnet_lite0" and p["layer"] in ("blocks.10", "penultimate")
-    assert model.featurizer_config["layer"] == p["layer"]
-    assert p["classes"] == ["blue", "red"] and p["candidate_layers"] == ["blocks.10",
-                                                                           "penultimate"]
+    # the default candidates: each embedded backbone's layers, and their concatenation
+    assert p["candidate_layers"] == {name: ["blocks.10", "penultimate"]
+                                     for name in DEFAULT_BACKBONES}
+    parts = featurizer_parts(model.featurizer_config)
+    assert {part["backbone"] for part in parts} <= set(DEFAULT_BACKBONES)
+    assert all(part["layer"] in ("blocks.10", "penultimate", ["blocks.10", "penultimate"])
+               for part in parts)
+    assert p["backbone"] == " + ".join(part["backbone"] for part in parts)
+    assert p["classes"] == ["blue", "red"]
     assert p["cv_scores"]["balanced_accuracy"] > 0.8
     assert model.has_proba  # SVM heads are calibrated by default
     assert cache.exists()
@@ -120,8 +127,9 @@ def test_sweep_table(trained, trees, capsys):
                  "--heads", "logreg,linear_svm", "--format", "json", *FAST])
     assert code == 0
     table = json.loads(capsys.readouterr().out)
+    # each layer, and their concatenation
     assert {(r["layer"], r["pooling"], r["head"]) for r in table} == {
-        (layer, "avg", head) for layer in ("blocks.10", "penultimate")
+        (layer, "avg", head) for layer in ("blocks.10", "penultimate", "blocks.10+penultimate")
         for head in ("logreg", "linear_svm")}
     for row in table:
         assert 0 <= row["balanced_accuracy_mean"] <= 1 and row["balanced_accuracy_std"] >= 0
@@ -164,7 +172,8 @@ def test_sweep_skips_poolings_of_vector_layers(trained, trees, capsys):
                  "--heads", "logreg", "--format", "json", *FAST])
     assert code == 0
     cells = {(r["layer"], r["pooling"]) for r in json.loads(capsys.readouterr().out)}
-    assert cells == {("blocks.10", "avg"), ("blocks.10", "max"), ("penultimate", "avg")}
+    assert cells == {("blocks.10", "avg"), ("blocks.10", "max"), ("penultimate", "avg"),
+                     ("blocks.10+penultimate", "avg")}
 
 
 def test_train_is_never_silent_during_selection(trees, tmp_path, capsys):
@@ -172,8 +181,9 @@ def test_train_is_never_silent_during_selection(trees, tmp_path, capsys):
     code = main(["train", str(trees / "train"), "--out", str(out), "--verbose", *FAST])
     assert code == 0
     err = capsys.readouterr().err
-    # progress lines (stderr is not a terminal here) and the stages
-    assert "screen feature sets: 2/2 set" in err and "cross-validate:" in err
+    # progress lines (stderr is not a terminal here) and the stages; 3 backbones x 2 layers,
+    # and their concatenation
+    assert "screen feature sets: 7/7 set" in err and "cross-validate:" in err
     assert "fast search" in err or "cross-validating" in err
 
 

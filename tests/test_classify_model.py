@@ -41,6 +41,20 @@ def model(data):
                        heads=["logreg", "rbf_svm"], param_grids=GRIDS, n_splits=3, n_repeats=1)
 
 
+def test_out_of_fold_confidences_are_kept_with_the_model(data):
+    """Every training row, tested once per repeat, with the probabilities of its true and its
+    predicted class, consistent with the out-of-fold predictions (what the report reads)."""
+    sets, y = data
+    model = train_model(sets, y, heads=["logreg"], n_splits=3, n_repeats=2)
+    oof, conf = model.reports["oof_predictions"], model.reports["oof_confidence"]
+    assert oof.shape == (2, len(y)) and conf.shape == (2, len(y), 2) and (oof >= 0).all()
+    assert np.isfinite(conf).all() and ((conf > 0) & (conf <= 1)).all()
+    right = oof == np.unique(y, return_inverse=True)[1]
+    assert right.any() and (~right).any()
+    np.testing.assert_array_equal(conf[..., 0][right], conf[..., 1][right])
+    assert (conf[..., 1][~right] >= conf[..., 0][~right]).all()
+
+
 def test_trained_model_records_its_choice(model, data):
     sets, y = data
     assert isinstance(model, FittedModel)
@@ -58,7 +72,8 @@ def test_trained_model_records_its_choice(model, data):
     assert 0.8 < p["cv_scores"]["balanced_accuracy"] <= 1.0
     assert p["cv"]["n_splits"] == 3 and p["n_samples"] == 120 and p["n_features"] == 40
     assert list(model.classes_) == ["ants", "bees", "wasps"]
-    assert set(model.reports) == {"table", "per_class", "confusion", "fold_scores"}
+    assert set(model.reports) == {"table", "per_class", "confusion", "fold_scores",
+                                  "oof_predictions", "oof_confidence"}
     text = model.to_text()
     assert "penultimate" in text and "wasps" in text
 
