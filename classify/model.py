@@ -273,6 +273,37 @@ class FittedModel:
         """Class probabilities of images (columns: :attr:`classes_`)."""
         return self.predict_proba_features(self.transform(images, **overrides))
 
+    def report(self, data_dir, test_dir=None, *, out=None, map_method: str = "pca",
+               **overrides):
+        """A self-contained HTML report of this model on its data, with the images in it.
+
+        See :func:`classify.html_report.report_from_folders`. In a notebook the returned
+        object displays inline.
+
+        Parameters
+        ----------
+        data_dir : path
+            The folder the model was trained on.
+        test_dir : path, default=None
+            A labelled test folder.
+        out : path, default=None
+            Also write the HTML file there.
+        map_method : {"pca", "tsne"}, default="pca"
+        **overrides
+            Run-time featurizer parameters (``cache``, ``device``...).
+
+        Returns
+        -------
+        classify.html_report.Report
+        """
+        from classify.html_report import report_from_folders
+
+        result = report_from_folders(self, data_dir, test_dir, map_method=map_method,
+                                     **overrides)
+        if out is not None:
+            result.save(out)
+        return result
+
     # -- persistence ------------------------------------------------------------------------
 
     def __getstate__(self):

@@ -1,0 +1,160 @@
+"""What a report shows besides scores: mistakes, likely label errors, near-duplicates, a 2-D map.
+
+Pure numpy and scikit-learn on what the selection already computed (out-of-fold predictions and
+confidences) and on the cached features; nothing here trains the model again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["DUPLICATE_COSINE", "embedding_map", "label_issues", "mistakes", "near_duplicates"]
+
+#: Cosine similarity (of standardized, L2-normalized features) above which two images are
+#: reported as near-duplicates. Crops, re-encodings and resizes of one photo score above it;
+#: two photos of similar objects on similar backgrounds rarely do.
+DUPLICATE_COSINE = 0.95
+
+
+def mistakes(y, pred, p_pred, limit: int | None = None) -> np.ndarray:
+    """Rows whose prediction is wrong, most confident first.
+
+    Parameters
+    ----------
+    y, pred : ndarray of shape (n,)
+        True and predicted class codes (``pred < 0``: never predicted, skipped).
+    p_pred : ndarray of shape (n,)
+        Probability of the predicted class (NaN when the head gives none: kept, last).
+    limit : int, default=None
+
+    Returns
+    -------
+    ndarray of int
+    """
+    wrong = np.flatnonzero((pred >= 0) & (pred != y))
+    order = np.argsort(-np.nan_to_num(p_pred[wrong], nan=-1.0), kind="stable")
+    return wrong[order][:limit]
+
+
+def label_issues(y, pred, p_true, p_pred, n_classes: int, limit: int | None = None):
+    """Likely label errors by confident learning, from out-of-fold probabilities.
+
+    Each class ``j`` gets a threshold ``t_j``: the mean out-of-fold probability of ``j`` over
+    the images labelled ``j`` (its self-confidence). An image labelled ``i`` is flagged when its
+    out-of-fold prediction is another class ``j`` with probability at least ``t_j`` (a confident
+    prediction for ``j``, the off-diagonal of the "confident joint", Northcutt et al., JAIR
+    2021), and ranked by its self-confidence ``p(i)``, lowest first (cleanlab's
+    ``"self_confidence"`` ranking). Only the probability of the given and of the predicted class
+    is needed.
+
+    Parameters
+    ----------
+    y, pred : ndarray of shape (n,)
+        Given and out-of-fold predicted class codes.
+    p_true, p_pred : ndarray of shape (n,)
+        Out-of-fold probability of the given and of the predicted class.
+    n_classes : int
+    limit : int, default=None
+
+    Returns
+    -------
+    rows : ndarray of int
+        Flagged rows, most likely error first.
+    thresholds : ndarray of shape (n_classes,)
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    p_true, p_pred = np.asarray(p_true, float), np.asarray(p_pred, float)
+    thresholds = np.full(n_classes, np.nan)
+    for j in range(n_classes):
+        values = p_true[(y == j) & np.isfinite(p_true)]
+        if values.size:
+            thresholds[j] = values.mean()
+    ok = (pred >= 0) & (pred != y) & np.isfinite(p_pred) & np.isfinite(p_true)
+    flagged = np.flatnonzero(ok)
+    flagged = flagged[p_pred[flagged] >= thresholds[pred[flagged]]]
+    order = np.argsort(p_true[flagged], kind="stable")
+    return flagged[order][:limit], thresholds
+
+
+def _unit_rows(X, mean, scale):
+    Z = (np.asarray(X, np.float64) - mean) / scale
+    norms = np.linalg.norm(Z, axis=1, keepdims=True)
+    return (Z / np.where(norms > 0, norms, 1)).astype(np.float32)
+
+
+def near_duplicates(X, X_other=None, *, threshold: float = DUPLICATE_COSINE,
+                    limit: int = 200, block: int = 2048):
+    """Pairs of rows whose standardized features point the same way (cosine >= threshold).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+        Training features; their mean and standard deviation standardize both matrices.
+    X_other : ndarray of shape (m, d), default=None
+        None: pairs within ``X`` (``i < j``). Else pairs (row of ``X``, row of ``X_other``).
+    threshold : float, default=DUPLICATE_COSINE
+    limit : int, default=200
+        Most similar pairs kept; ``n_pairs`` counts them all.
+    block : int, default=2048
+        Rows compared at a time: memory is ``block x m`` floats, never ``n x m``.
+
+    Returns
+    -------
+    pairs : list of (int, int, float)
+        Most similar first.
+    n_pairs : int
+    """
+    X = np.asarray(X, np.float64)
+    mean, scale = X.mean(axis=0), X.std(axis=0)
+    scale[scale == 0] = 1
+    A = _unit_rows(X, mean, scale)
+    B = A if X_other is None else _unit_rows(X_other, mean, scale)
+    found, n_pairs = [], 0
+    for start in range(0, len(A), block):
+        S = A[start:start + block] @ B.T
+        rows, cols = np.nonzero(S >= threshold)
+        rows = rows + start
+        if X_other is None:
+            keep = rows < cols
+            rows, cols = rows[keep], cols[keep]
+        n_pairs += len(rows)
+        found += [(int(i), int(j), float(S[i - start, j])) for i, j in zip(rows, cols)]
+        found = sorted(found, key=lambda t: -t[2])[:limit]
+    return found, n_pairs
+
+
+def embedding_map(X, X_other=None, method: str = "pca", random_state: int = 0):
+    """2-D coordinates of the rows of ``X`` (and ``X_other``), fitted on ``X``.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, d)
+    X_other : ndarray of shape (m, d), default=None
+        Projected with the map fitted on ``X`` (PCA) or embedded together (t-SNE).
+    method : {"pca", "tsne"}, default="pca"
+        PCA of the standardized features (fast, deterministic), or scikit-learn's t-SNE on
+        their first 50 principal components.
+
+    Returns
+    -------
+    xy : ndarray of shape (n, 2), xy_other : ndarray of shape (m, 2) or None
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X)
+    Z = scaler.transform(X)
+    Zo = None if X_other is None else scaler.transform(X_other)
+    if method == "pca":
+        pca = PCA(n_components=2, random_state=random_state).fit(Z)
+        return pca.transform(Z), None if Zo is None else pca.transform(Zo)
+    if method != "tsne":
+        raise ValueError(f"method must be 'pca' or 'tsne', got {method!r}")
+    from sklearn.manifold import TSNE
+
+    both = Z if Zo is None else np.vstack([Z, Zo])
+    k = min(50, both.shape[1], both.shape[0])
+    both = PCA(n_components=k, random_state=random_state).fit_transform(both)
+    xy = TSNE(n_components=2, init="pca", random_state=random_state,
+              perplexity=min(30, max(2, len(both) // 4))).fit_transform(both)
+    return xy[:len(Z)], None if Zo is None else xy[len(Z):]
