@@ -61,6 +61,9 @@ class Backbone:
         What was asked for: an enum name, a checkpoint path, or None.
     weights_sha256 : str or None
         SHA-256 of the checkpoint file the weights came from (None for random init).
+    library : str or None
+        The library that builds the network, with its version, when it is not torchvision
+        (``"timm 1.0.22"``): part of the cache key.
     """
 
     name: str
@@ -68,6 +71,7 @@ class Backbone:
     preprocessing: Preprocessing
     weights: str | None
     weights_sha256: str | None
+    library: str | None = None
 
 
 def list_backbones() -> list[str]:
@@ -78,6 +82,39 @@ def list_backbones() -> list[str]:
     list of str
     """
     return list(_EFFICIENTNET_LITE) + _torchvision_names()
+
+
+def available_backbones() -> tuple[list[str], list[str], str]:
+    """``(usable, need_download, timm_note)``: names whose weights are on this machine now
+    (embedded, torchvision checkpoints in the torch hub cache, timm models in the Hugging Face
+    cache), torchvision names that need ``featurize download`` first, and a line about timm."""
+    import torchvision.models as tvm
+
+    usable, missing = list(_EFFICIENTNET_LITE), []
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    for name in _torchvision_names():
+        try:
+            enum = tvm.get_model_weights(name).DEFAULT
+        except (ValueError, KeyError, AttributeError):
+            continue
+        (usable if (checkpoints / os.path.basename(enum.url)).is_file() else missing).append(name)
+    try:
+        import timm
+
+        from huggingface_hub import scan_cache_dir
+
+        try:
+            cached = sorted(f"timm:{repo.repo_id.split('/', 1)[1]}"
+                            for repo in scan_cache_dir().repos if repo.repo_id.startswith("timm/"))
+        except Exception:  # no cache folder yet
+            cached = []
+        usable += cached
+        note = (f"timm {timm.__version__}: any of its {len(timm.list_models())} models as "
+                "timm:<name> (weights from the Hugging Face cache, a local file, or "
+                "`featurize download timm:<name>`)")
+    except ImportError:
+        note = "timm models: not installed (pip install -e \".[timm]\")"
+    return usable, missing, note
 
 
 #: Loaded backbones kept in memory (pristine, on the CPU), so that re-fitting a cloned
@@ -142,6 +179,10 @@ def load_backbone(name: str, weights: str | os.PathLike | None = "DEFAULT") -> B
 
 
 def _load_uncached(name: str, weights) -> Backbone:
+    from featurize.timm_backbones import is_timm, load_timm
+
+    if is_timm(name):
+        return load_timm(name, weights)
     if name in _EFFICIENTNET_LITE:
         return _load_efficientnet_lite(name, weights)
     if name in _torchvision_names():

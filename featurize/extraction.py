@@ -227,6 +227,8 @@ class Extractor:
             "draft": bool(self.draft),
             "max_pixels": int(self.max_pixels),
             "feature_version": FEATURE_VERSION,
+            # only when set, so that the keys of torchvision and embedded backbones are unchanged
+            **({"library": self.backbone.library} if self.backbone.library else {}),
         }
 
     @property
@@ -236,7 +238,7 @@ class Extractor:
 
     def _engine_key(self, name: str) -> tuple:
         return (self.backbone.name, str(self.backbone.weights), self.backbone.weights_sha256,
-                tuple(self.layers), self.pooling, str(self.device), self.precision, name,
+                self.backbone.library, tuple(self.layers), self.pooling, str(self.device), self.precision, name,
                 self.preprocessing.crop_size, self.channels_last)
 
     def prepare_engine(self, batch: torch.Tensor | None = None) -> str:

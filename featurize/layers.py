@@ -162,9 +162,11 @@ class TruncatedNet(nn.Module):
             for name in self.layers
         ]
         self._captured: dict[str, torch.Tensor] = {}
+        # class and register tokens of a transformer (timm ViTs say how many)
+        self._prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
 
     def _store(self, name: str, value: torch.Tensor) -> None:
-        pooled = pool(value, self.pooling)
+        pooled = pool(value, self.pooling, self._prefix_tokens)
         if pooled.untyped_storage().data_ptr() == value.untyped_storage().data_ptr():
             pooled = pooled.clone()  # a view would follow later in-place operations
         self._captured[name] = pooled
@@ -214,7 +216,7 @@ def _tracing() -> bool:
 
 
 def list_layers(backbone: str = "efficientnet_lite0", weights=None, *,
-                image_size: int = 224) -> list[LayerInfo]:
+                image_size: int | None = None) -> list[LayerInfo]:
     """List the layers of a backbone that can be read, with their output shapes.
 
     Parameters
@@ -224,8 +226,9 @@ def list_layers(backbone: str = "efficientnet_lite0", weights=None, *,
     weights : str, path-like or None, default=None
         Weights to load (see :func:`featurize.backbones.load_backbone`). Shapes do not depend
         on them, so the default builds the network without weights (nothing to find on disk).
-    image_size : int, default=224
-        Side of the square input the shapes are given for.
+    image_size : int, default=None
+        Side of the square input the shapes are given for; None: the backbone's own input size
+        (its preprocessing's crop: 224 for most, 518 for DINOv2 ViTs).
 
     Returns
     -------
@@ -235,5 +238,5 @@ def list_layers(backbone: str = "efficientnet_lite0", weights=None, *,
     """
     from featurize.backbones import load_backbone  # backbones does not import this module
 
-    model = load_backbone(backbone, weights).model.eval()
-    return trace_layers(model, image_size)
+    loaded = load_backbone(backbone, weights)
+    return trace_layers(loaded.model.eval(), image_size or loaded.preprocessing.crop_size)

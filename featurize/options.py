@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 #: Pooling names. ``none`` returns the maps themselves (extraction function only).
-POOLINGS = ("avg", "max", "avgmax", "gem", "flatten", "none")
+POOLINGS = ("avg", "max", "avgmax", "gem", "flatten", "cls", "mean", "clsmean", "none")
 #: Poolings whose rows a cache can store (every one but ``none``).
 CACHED_POOLINGS = tuple(p for p in POOLINGS if p != "none")
 #: Forward-pass precisions; ``auto`` is resolved per device (bf16/fp16 on CUDA, fp32 elsewhere).

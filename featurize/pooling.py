@@ -12,7 +12,11 @@ GEM_P = 3.0
 _GEM_EPS = 1e-6
 
 
-def pool(x: torch.Tensor, method: str) -> torch.Tensor:
+#: Poolings of token sequences ``(N, L, D)`` only (transformer outputs).
+TOKEN_POOLINGS = ("cls", "mean", "clsmean")
+
+
+def pool(x: torch.Tensor, method: str, prefix_tokens: int = 1) -> torch.Tensor:
     """Pool a layer output into one vector per image.
 
     Parameters
@@ -25,7 +29,12 @@ def pool(x: torch.Tensor, method: str) -> torch.Tensor:
         ``avg`` and ``max`` pool over space; ``avgmax`` concatenates both (width ``2C``); ``gem``
         is the generalized mean with p=3 over values clamped at 1e-6 (meant for post-ReLU maps);
         ``flatten`` keeps every position (width ``C*H*W``, tied to the input size); ``none``
-        returns ``x`` as is.
+        returns ``x`` as is. For token sequences: ``cls`` is the first (class) token, ``mean``
+        the mean of the patch tokens (after the ``prefix_tokens`` class and register tokens),
+        ``clsmean`` both concatenated (width ``2D``); they do not fit feature maps.
+    prefix_tokens : int, default=1
+        Class and register tokens at the start of a token sequence (timm's
+        ``num_prefix_tokens``).
 
     Returns
     -------
@@ -37,6 +46,15 @@ def pool(x: torch.Tensor, method: str) -> torch.Tensor:
         return x
     if method == "flatten":
         return x.flatten(1)
+    if method in TOKEN_POOLINGS:
+        if x.ndim != 3:
+            raise ValueError(
+                f"Pooling {method!r} takes the class token or the mean of the patch tokens of a "
+                f"token sequence (N, L, D); this layer gives a feature map of shape "
+                f"{tuple(x.shape)}. Use 'avg', 'max', 'avgmax' or 'gem' for feature maps.")
+        cls, patches = x[:, 0], x[:, prefix_tokens:].mean(1)
+        return cls if method == "cls" else patches if method == "mean" else torch.cat(
+            [cls, patches], dim=1)
     dims = (2, 3) if x.ndim == 4 else (1,) if x.ndim == 3 else tuple(range(2, x.ndim))
     if method == "avg":
         return x.mean(dims)

@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
                     " --image-size pixels, in execution order. 'penultimate' is the embedding"
                     " the network's own classifier uses (the default).")
     parser.add_argument("backbone", metavar="BACKBONE", help="e.g. efficientnet_lite0, resnet18")
-    parser.add_argument("--image-size", type=int, default=224, help="input side (default 224)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input side (default: the backbone's own input size)")
     parser.add_argument("--depth", type=int, default=2,
                         help="show module paths with at most this many dotted parts"
                              " (default 2; 0 shows all)")
