@@ -365,7 +365,7 @@ class Extractor:
 
     def extract(self, images, *, batch_size: int = 32, num_workers: int | None = None,
                 cache=None, on_error: str = "raise", verbose: int = 0,
-                retry_failed: bool = False) -> ExtractionResult:
+                retry_failed: bool = False, progress: str | None = None) -> ExtractionResult:
         """Featurize images, reusing and filling the cache.
 
         Parameters
@@ -385,6 +385,9 @@ class Extractor:
             ``failures`` lists the rows.
         verbose : int, default=0
             ``>= 1`` shows a tqdm progress bar with images/s.
+        progress : {"auto", "bar", "log", "none"}, default=None
+            Overrides ``verbose``: ``"auto"`` is a bar on a terminal and otherwise an INFO line
+            of the ``featurize.progress`` logger every 10 s (what the command line uses).
         retry_failed : bool, default=False
             Retry files the cache recorded as failed before (by default their recorded failure
             is reported again without re-reading them).
@@ -407,7 +410,8 @@ class Extractor:
         if num_workers is None:
             in_memory = not all(isinstance(s, (str, os.PathLike)) for s in sources)
             num_workers = 0 if in_memory else default_num_workers(n, batch_size, self.device)
-        progress = make_progress("bar" if verbose else "none", desc="featurize")
+        progress = make_progress(progress or ("bar" if verbose else "none"), interval=10.0,
+                                 desc="featurize")
         progress.start(n)
         try:
             run_extraction(sources, self, _as_cache(cache), sink, names=names,

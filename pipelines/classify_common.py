@@ -144,11 +144,12 @@ def extract(paths, *, backbone, weights, layers, pooling, precision, args):
     from featurize.extraction import Extractor
 
     extractor = Extractor(backbone, weights, layers, pooling, args.device, precision)
-    with warnings.catch_warnings():
+    # a bar on a terminal, else a log line every 10 s: never silent during a long extraction
+    with warnings.catch_warnings(), log_to_stderr(["featurize.progress"]):
         warnings.simplefilter("ignore", FeatureExtractionWarning)  # reported by the caller
         result = extractor.extract(paths, batch_size=args.batch_size,
                                    num_workers=args.num_workers, cache=args.cache,
-                                   on_error="nan", verbose=int(sys.stderr.isatty()))
+                                   on_error="nan", progress="auto")
     return result.features, result.failures, result.widths
 
 

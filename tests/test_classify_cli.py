@@ -183,7 +183,9 @@ def test_train_is_never_silent_during_selection(trees, tmp_path, capsys):
     err = capsys.readouterr().err
     # progress lines (stderr is not a terminal here) and the stages; 3 backbones x 2 layers,
     # and their concatenation
-    assert "screen feature sets: 7/7 set" in err and "cross-validate:" in err
+    assert "screen feature sets: 7/7 set" in err
+    # the extraction of each backbone too (a line at least every 10 s, and one at the end)
+    assert err.count("featurize: 12/12 img (100.0%)") == 3 and "cross-validate:" in err
     assert "fast search" in err or "cross-validating" in err
 
 
