@@ -17,7 +17,7 @@ from featurize._version import __version__
 
 #: sub-command modules, in the order ``featurize --help`` lists them
 COMMANDS = ("backbones", "download", "layers", "extract", "info", "merge", "train", "evaluate", "predict",
-            "sweep", "report", "demo")
+            "sweep", "report", "finetune", "compare", "demo")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -48,22 +48,21 @@ def model_features(model, paths, args):
     return np.hstack(blocks), failures
 
 
-def run(args: argparse.Namespace) -> int:
-    """Evaluate; returns 0 (errors are raised and reported by the dispatcher)."""
-    from classify import compute_scores, confusion_frame, load_model, per_class_report
-    from classify.reports import format_frame, format_scores
+def evaluate_model(model, test_dir, args) -> dict:
+    """Scores of ``model`` on a labelled folder: ``scores``, ``per_class``, ``confusion``,
+    ``data``, ``failures``, ``ok`` (rows scored), ``classes``."""
+    from classify import compute_scores, confusion_frame, per_class_report
 
-    model = load_model(args.model)
-    data = load_folder(args.test_dir)
+    data = load_folder(test_dir)
     classes = [str(c) for c in model.classes_]
     unknown = sorted(set(data.target_names) - set(classes))
     if unknown:
-        raise ValueError(f"{args.test_dir} has classes the model does not know: {unknown}; the "
+        raise ValueError(f"{test_dir} has classes the model does not know: {unknown}; the "
                          f"model's classes are {classes}.")
     X, failures = model_features(model, data.paths, args)
     ok = np.setdiff1d(np.arange(len(data.paths)), list(failures))
     if ok.size == 0:
-        raise ValueError(f"No readable image in {args.test_dir}.")
+        raise ValueError(f"No readable image in {test_dir}.")
     y_true = np.asarray(data.target_names)[data.target][ok]
     y_pred = model.predict_features(X[ok])
     index = {name: i for i, name in enumerate(classes)}
@@ -71,8 +70,21 @@ def run(args: argparse.Namespace) -> int:
     pred_codes = np.array([index[str(c)] for c in y_pred])
     proba = model.predict_proba_features(X[ok]) if model.has_proba else None
     scores = compute_scores(true_codes, pred_codes, proba, np.arange(len(classes)))
-    per_class = per_class_report(true_codes, pred_codes, classes)
-    confusion = confusion_frame(true_codes, pred_codes, classes)
+    return {"scores": scores, "per_class": per_class_report(true_codes, pred_codes, classes),
+            "confusion": confusion_frame(true_codes, pred_codes, classes), "data": data,
+            "failures": failures, "ok": ok, "classes": classes}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate; returns 0 (errors are raised and reported by the dispatcher)."""
+    from classify import load_model
+    from classify.reports import format_frame, format_scores
+
+    model = load_model(args.model)
+    result = evaluate_model(model, args.test_dir, args)
+    scores, per_class, confusion = result["scores"], result["per_class"], result["confusion"]
+    data, failures, ok, classes = (result["data"], result["failures"], result["ok"],
+                                   result["classes"])
     if args.json:
         out = {name: (None if np.isnan(value) else value) for name, value in scores.items()}
         out.update({
