@@ -143,8 +143,9 @@ def _pct(p) -> str:
 
 
 def build_report(model, train: Split, test: Split | None = None, *, seconds: float | None = None,
-                 map_method: str = "pca") -> Report:
-    """Compute the diagnostics of ``model`` on ``train`` (and ``test``) and render them."""
+                 map_method: str = "pca", extra: dict | None = None) -> Report:
+    """Compute the diagnostics of ``model`` on ``train`` (and ``test``) and render them.
+    ``extra``: more sections, title -> HTML (e.g. the comparison with fine-tuning)."""
     start = time.perf_counter()
     classes = [str(c) for c in model.classes_]
     sections = {}
@@ -205,7 +206,8 @@ def build_report(model, train: Split, test: Split | None = None, *, seconds: flo
     scores = {"train (out of fold)": _split_tables(train, classes)}
     if test is not None and (test.y >= 0).any():
         scores["test"] = _split_tables(test, classes)
-    return Report(render_report(summary, scores, sections, notes), summary, sections)
+    return Report(render_report(summary, scores, sections, notes, extra), summary,
+                  {**sections, **(extra or {})})
 
 
 def _summary(model, train, test, classes) -> dict:
@@ -371,7 +373,7 @@ document.body.dataset.ready = 'yes';
 """
 
 
-def render_report(summary: dict, scores: dict, sections: dict, notes=()) -> str:
+def render_report(summary: dict, scores: dict, sections: dict, notes=(), extra=None) -> str:
     """The HTML text of a report (every value escaped; no external resource)."""
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary.items())
     score_html = "".join(
@@ -386,6 +388,7 @@ def render_report(summary: dict, scores: dict, sections: dict, notes=()) -> str:
 <h1>featurize report</h1>
 <p class="caps">Galleries are capped to keep the file small ({_e(caps)}).</p>
 <h2>Summary</h2><table class="summary">{rows}</table>
+{"".join(f"<h2>{_e(title)}</h2>{body}" for title, body in (extra or {}).items())}
 <h2>Scores</h2>{score_html}
 <h2>Mistakes</h2>{sections['mistakes']}
 <h2>Likely label errors</h2>{sections['label_issues']}
@@ -398,7 +401,7 @@ def render_report(summary: dict, scores: dict, sections: dict, notes=()) -> str:
 
 
 def report_from_folders(model, data_dir, test_dir=None, *, map_method: str = "pca",
-                        **overrides) -> Report:
+                        extra: dict | None = None, **overrides) -> Report:
     """The report of ``model`` on its training folder (and a labelled test folder).
 
     The training rows, their out-of-fold predictions and confidences come from the model
@@ -468,7 +471,7 @@ def report_from_folders(model, data_dir, test_dir=None, *, map_method: str = "pc
                      p_true=p_true, keys=_keys(data.paths),
                      failures=list(data.skipped) + [(data.paths[i], r) for i, r in failed])
     return build_report(model, train, test, seconds=time.perf_counter() - start,
-                        map_method=map_method)
+                        map_method=map_method, extra=extra)
 
 
 def _labels_of(paths, classes):

@@ -274,7 +274,7 @@ class FittedModel:
         return self.predict_proba_features(self.transform(images, **overrides))
 
     def report(self, data_dir, test_dir=None, *, out=None, map_method: str = "pca",
-               **overrides):
+               extra: dict | None = None, **overrides):
         """A self-contained HTML report of this model on its data, with the images in it.
 
         See :func:`classify.html_report.report_from_folders`. In a notebook the returned
@@ -289,6 +289,8 @@ class FittedModel:
         out : path, default=None
             Also write the HTML file there.
         map_method : {"pca", "tsne"}, default="pca"
+        extra : dict, default=None
+            More sections (title -> HTML) shown after the summary.
         **overrides
             Run-time featurizer parameters (``cache``, ``device``...).
 
@@ -299,7 +301,7 @@ class FittedModel:
         from classify.html_report import report_from_folders
 
         result = report_from_folders(self, data_dir, test_dir, map_method=map_method,
-                                     **overrides)
+                                     extra=extra, **overrides)
         if out is not None:
             result.save(out)
         return result

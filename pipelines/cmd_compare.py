@@ -22,6 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--test", required=True, metavar="TEST_DIR")
     parser.add_argument("--out-dir", default="compare", metavar="DIR",
                         help="where the two models go (default ./compare)")
+    parser.add_argument("--report", default=None, metavar="HTML",
+                        help="also write the HTML report of the features + heads model, with "
+                             "the comparison at its top (see `featurize report`)")
     add_runtime_args(parser)
     parser.set_defaults(func=run)
 
@@ -59,6 +62,19 @@ def run(args: argparse.Namespace) -> int:
     for name, bal, acc, seconds, path in rows:
         print(f"{name:<18}{bal:>14.4f}{acc:>10.4f}{seconds:>8.0f}s  {path}")
     (a, bal_a, *_), (b, bal_b, *_) = sorted(rows, key=lambda r: -r[1])
-    print(f"\nUse {a}: {100 * (bal_a - bal_b):+.1f} points of balanced accuracy over {b}."
-          if bal_a > bal_b else "\nBoth score the same; features + heads is the cheaper one.")
+    verdict = (f"Use {a}: {100 * (bal_a - bal_b):+.1f} points of balanced accuracy over {b}."
+               if bal_a > bal_b else "Both score the same; features + heads is the cheaper one.")
+    print(f"\n{verdict}")
+    if args.report:
+        import html
+
+        table = "".join(f"<tr><th>{html.escape(name)}</th><td>{bal:.4f}</td><td>{acc:.4f}</td>"
+                        f"<td>{seconds:.0f} s</td></tr>" for name, bal, acc, seconds, _ in rows)
+        extra = {"Features + heads or fine-tuning?": (
+            f"<p><b>{html.escape(verdict)}</b> (test folder {html.escape(str(args.test))})</p>"
+            "<table><thead><tr><th>method</th><th>balanced accuracy</th><th>accuracy</th>"
+            f"<th>time</th></tr></thead><tbody>{table}</tbody></table>")}
+        load_model(model_path).report(args.data_dir, args.test, out=args.report, extra=extra,
+                                      cache=cache, device=args.device)
+        print(f"Wrote {args.report}")
     return 0

@@ -106,9 +106,12 @@ def test_compare_trains_both_and_says_which_to_use(trees, tmp_path, capsys):
     from pipelines.cli import main
 
     code = main(["compare", str(trees / "train"), "--test", str(trees / "test"), "--out-dir",
-                 str(tmp_path / "cmp"), "--device", "cpu", "--num-workers", "0"])
+                 str(tmp_path / "cmp"), "--device", "cpu", "--num-workers", "0", "--report",
+                 str(tmp_path / "r.html")])
     assert code == 0
     out = capsys.readouterr().out
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "Features + heads or fine-tuning?" in page and "fine-tuning</th>" in page
     assert "features + heads" in out and "fine-tuning" in out
     assert "Use " in out or "Both score the same" in out
     assert (tmp_path / "cmp" / "features.joblib").is_file()
