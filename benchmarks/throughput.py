@@ -143,7 +143,7 @@ def decoded_batches(extractor, paths, n, batch_size, device):
     unique = paths[:min(len(paths), 400)]
     dataset = ImageDataset(unique, range(len(unique)), extractor.preprocessing,
                            extractor.max_pixels, extractor.draft)
-    tensors = [t for _, t, _ in (dataset[i] for i in range(len(unique))) if t is not None]
+    tensors = [t for _, t, _, _ in (dataset[i] for i in range(len(unique))) if t is not None]
     stacked = torch.stack(tensors)
     batches, done = [], 0
     while done < n:
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
         if args.json_out:
             args.json_out.write_text(line + "\n")
         return 0
-    from featurize import extraction
+    from featurize import keys
     from featurize.backbones import load_backbone
     from featurize.data import ImageDataset, collate
     from featurize.exceptions import WeightsNotFoundError

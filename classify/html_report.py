@@ -175,7 +175,7 @@ def build_report(model, train: Split, test: Split | None = None, *, seconds: flo
                                  f"{''.join(gallery)}</div>")
     # likely label errors
     if np.isfinite(train.p_true).any():
-        rows, thresholds = diagnostics.label_issues(train.y, train.pred, train.p_true,
+        rows, _ = diagnostics.label_issues(train.y, train.pred, train.p_true,
                                                     train.p_pred, len(classes))
         summary["suspected label errors"] = len(rows)
         gallery = [_figure(train.paths[i], [f"given: {classes[train.y[i]]} "
