@@ -200,7 +200,7 @@ def finetune(data_dir, out, *, backbone: str = "efficientnet_lite0", weights="DE
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                total += float(loss) * len(targets)
+                total += float(loss.detach()) * len(targets)
                 count += len(targets)
                 progress.advance(len(targets))
         finally:
