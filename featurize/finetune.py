@@ -260,6 +260,11 @@ def _record_history(out, history) -> None:
     """Rewrite the best checkpoint with the whole history (it was saved mid-run)."""
     payload = torch.load(out, map_location="cpu", weights_only=True)
     payload["history"] = [dict(row) for row in history]
+    _write_atomic(payload, out)
+
+
+def _write_atomic(payload: dict, out) -> None:
+    """``torch.save`` beside ``out``, then rename: a kill never leaves a partial checkpoint."""
     tmp = f"{os.fspath(out)}.tmp-{os.getpid()}"
     try:
         torch.save(payload, tmp)
@@ -283,10 +288,4 @@ def _save(out, model, classifier, original_head, backbone, weights, classes, his
                "best_epoch": int(best["epoch"]), "val_balanced_accuracy": float(best["score"]),
                "history": [dict(row) for row in history], "val_paths": list(val_paths),
                "seed": int(seed)}
-    tmp = f"{os.fspath(out)}.tmp-{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _write_atomic(payload, out)
