@@ -68,8 +68,7 @@ class Features:
     def _extract(self, backbone: str, flip: bool) -> None:
         from PIL import ImageOps
 
-        from featurize import extract_features, list_layers, load_image
-        from pipelines.classify_common import default_layers
+        from featurize import default_layers, extract_features, list_layers, load_image
 
         layers = default_layers(list_layers(backbone))
         sources = self.paths
@@ -93,8 +92,7 @@ class Features:
 
 
 def last_two(backbone):
-    from featurize import list_layers
-    from pipelines.classify_common import default_layers
+    from featurize import default_layers, list_layers
 
     return [(backbone, layer) for layer in default_layers(list_layers(backbone))[-2:]]
 

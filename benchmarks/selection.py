@@ -36,8 +36,7 @@ DATASETS = {"clothing": ("clothing/train", "clothing/test"),
 
 
 def candidate_layers(backbone: str = "efficientnet_lite0") -> list[str]:
-    from featurize.layers import list_layers
-    from pipelines.classify_common import default_layers
+    from featurize.layers import default_layers, list_layers
 
     return default_layers(list_layers(backbone))
 

@@ -1,11 +1,13 @@
-"""classify: heads, honest cross-validation and automatic selection on cached CNN features.
+"""classify: heads, honest cross-validation and automatic selection on cached CNN features,
+and the whole workflow on folders of images (train, evaluate, predict, report).
 
-Imports without torch (and without matplotlib): the featurizer is only imported when a fitted
-model is asked to predict on images, and matplotlib only when a plot is asked for.
+Imports without torch (and without matplotlib): the featurizer is only imported when features
+are computed, and matplotlib only when a plot is asked for.
 """
 
 from classify.auto import AutoClassifier
 from classify.cv import CVResult, cross_validate_head
+from classify.folders import Evaluation, evaluate_folder, predict_table
 from classify.heads import HEADS, default_param_grid, list_heads, make_head
 from classify.metrics import SCORE_NAMES, compute_scores
 from classify.model import FORMAT_VERSION, FittedModel, fit_selected, load_model, train_model
@@ -14,11 +16,13 @@ from classify.selection import (
     DEFAULT_HEADS,
     NestedCVResult,
     SelectionResult,
+    check_selection_params,
     nested_cross_validate,
     select_model,
     split_columns,
 )
 from classify.splits import AdaptiveStratifiedKFold, SmallClassWarning
+from classify.training import DEFAULT_BACKBONES, candidate_features, train_folder
 
 
 def __getattr__(name: str):
@@ -32,6 +36,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DEFAULT_BACKBONES",
     "DEFAULT_HEADS",
     "FORMAT_VERSION",
     "HEADS",
@@ -39,14 +44,18 @@ __all__ = [
     "AdaptiveStratifiedKFold",
     "AutoClassifier",
     "CVResult",
+    "Evaluation",
     "FittedModel",
     "NestedCVResult",
     "SelectionResult",
     "SmallClassWarning",
+    "candidate_features",
+    "check_selection_params",
     "compute_scores",
     "confusion_frame",
     "cross_validate_head",
     "default_param_grid",
+    "evaluate_folder",
     "fit_selected",
     "list_heads",
     "load_model",
@@ -57,7 +66,9 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_layer_scores",
     "plot_selection_heatmap",
+    "predict_table",
     "select_model",
     "split_columns",
+    "train_folder",
     "train_model",
 ]

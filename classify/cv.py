@@ -186,7 +186,7 @@ def cross_validate_head(head: str | BaseEstimator, X, y, *, n_splits: int = 5,
     classes, codes = encode_labels(y)
     if len(codes) != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {len(codes)} labels.")
-    splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
+    splits, plan = make_splits(classes[codes], n_splits, n_repeats, random_state)  # named notes
     evaluation = _evaluation.evaluate([X], codes, [_evaluation.Candidate(0, estimator)], splits,
                                   n_jobs=n_jobs, verbose=verbose)
     if evaluation.errors:

@@ -86,17 +86,23 @@ def near_duplicates(X, X_other=None, *, threshold: float = DUPLICATE_COSINE,
                     limit: int = 200, block: int = 2048):
     """Pairs of rows whose standardized features point the same way (cosine >= threshold).
 
+    Rows with a non-finite value (images that could not be read: no features) are never part
+    of a pair, and do not enter the standardization.
+
     Parameters
     ----------
     X : ndarray of shape (n, d)
-        Training features; their mean and standard deviation standardize both matrices.
+        Training features; the mean and standard deviation of their finite rows standardize
+        both matrices.
     X_other : ndarray of shape (m, d), default=None
         None: pairs within ``X`` (``i < j``). Else pairs (row of ``X``, row of ``X_other``).
     threshold : float, default=DUPLICATE_COSINE
     limit : int, default=200
         Most similar pairs kept; ``n_pairs`` counts them all.
     block : int, default=2048
-        Rows compared at a time: memory is ``block x m`` floats, never ``n x m``.
+        Rows compared at a time. Memory is a few ``block x m`` arrays, never ``n x m``, and
+        does not grow with the number of pairs: the ``limit`` best are kept as they come and
+        the others are only counted (thousands of identical images make millions of pairs).
 
     Returns
     -------
@@ -105,22 +111,44 @@ def near_duplicates(X, X_other=None, *, threshold: float = DUPLICATE_COSINE,
     n_pairs : int
     """
     X = np.asarray(X, np.float64)
-    mean, scale = X.mean(axis=0), X.std(axis=0)
+    ok = np.flatnonzero(np.isfinite(X).all(axis=1))
+    if ok.size == 0:
+        return [], 0
+    mean, scale = X[ok].mean(axis=0), X[ok].std(axis=0)
     scale[scale == 0] = 1
-    A = _unit_rows(X, mean, scale)
-    B = A if X_other is None else _unit_rows(X_other, mean, scale)
-    found, n_pairs = [], 0
+    A = _unit_rows(X[ok], mean, scale)
+    if X_other is None:
+        B, ok_other = A, ok
+    else:
+        X_other = np.asarray(X_other, np.float64)
+        ok_other = np.flatnonzero(np.isfinite(X_other).all(axis=1))
+        B = _unit_rows(X_other[ok_other], mean, scale)
+    best_i = np.empty(0, np.int64)
+    best_j = np.empty(0, np.int64)
+    best_s = np.empty(0, np.float32)
+    n_pairs = 0
     for start in range(0, len(A), block):
         S = A[start:start + block] @ B.T
-        rows, cols = np.nonzero(S >= threshold)
-        rows = rows + start
-        if X_other is None:
-            keep = rows < cols
-            rows, cols = rows[keep], cols[keep]
-        n_pairs += len(rows)
-        found += [(int(i), int(j), float(S[i - start, j])) for i, j in zip(rows, cols)]
-        found = sorted(found, key=lambda t: -t[2])[:limit]
-    return found, n_pairs
+        keep = S >= threshold
+        if X_other is None:  # each pair once: column after row
+            keep &= np.arange(len(B))[None, :] > np.arange(start, start + len(S))[:, None]
+        found = int(np.count_nonzero(keep))
+        if not found:
+            continue
+        n_pairs += found
+        S[~keep] = -np.inf
+        flat = S.ravel()
+        k = min(limit, found)
+        top = np.argpartition(flat, len(flat) - k)[len(flat) - k:] if k < len(flat) \
+            else np.arange(len(flat))
+        rows, cols = np.divmod(top, S.shape[1])
+        best_i = np.concatenate([best_i, rows + start])
+        best_j = np.concatenate([best_j, cols])
+        best_s = np.concatenate([best_s, flat[top]])
+        order = np.lexsort((best_j, best_i, -best_s))[:limit]
+        best_i, best_j, best_s = best_i[order], best_j[order], best_s[order]
+    pairs = [(int(ok[i]), int(ok_other[j]), float(s)) for i, j, s in zip(best_i, best_j, best_s)]
+    return pairs, n_pairs
 
 
 def embedding_map(X, X_other=None, method: str = "pca", random_state: int = 0):

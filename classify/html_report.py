@@ -1,7 +1,8 @@
 """A self-contained HTML report of a model on its data, with the images in it.
 
-:func:`build_report` gathers what is already computed (the model's out-of-fold predictions and
-confidences, the cached features, the content keys of the files) and :func:`render_report`
+:func:`build_report` computes the diagnostics of what is already computed (the model's out-of-fold
+predictions and confidences, the features, the content keys of the files: one :class:`Split`
+per data split, gathered by :func:`classify.folders.report_folder`) and :func:`render_report`
 writes one HTML file: summary, confusion matrix and per-class table, galleries of mistakes and
 likely label errors, near-duplicates and train/test leaks, a 2-D map of the embeddings and the
 failed files. Thumbnails are inlined as small JPEG data URIs, scripts and styles are inline: the
@@ -22,8 +23,9 @@ import numpy as np
 import pandas as pd
 
 from classify import diagnostics
+from classify.features import describe_featurizer
 from classify.metrics import compute_scores
-from classify.reports import confusion_frame, per_class_report
+from classify.reports import confusion_frame, optimism_note, per_class_report
 
 __all__ = ["Report", "build_report", "render_report"]
 
@@ -55,7 +57,9 @@ def thumbnail(path, px: int = THUMB_PX) -> tuple[str | None, str]:
 @dataclass
 class Split:
     """One data split as the report sees it. ``pred``/``p_pred``/``p_true`` are out-of-fold on
-    the training data and plain predictions on a test folder."""
+    the training data and plain predictions on a test folder. A row of ``X`` that is NaN is an
+    image with no features (it could not be read): it is part of no duplicate and sits in the
+    middle of the map. ``keys`` are content keys, None for a file that could not be read."""
 
     paths: list
     X: np.ndarray
@@ -73,11 +77,14 @@ class Report:
 
     ``sections`` holds the HTML of each section (``"mistakes"``, ``"label_issues"``,
     ``"duplicates"``, ``"map"``, ``"failures"``); :meth:`show` displays some of them inline.
+    ``failed_now`` lists ``(path, reason)`` of the files that could not be read while the
+    report was built (test files, training files gone since training).
     """
 
     html: str
     summary: dict
     sections: dict = field(default_factory=dict)
+    failed_now: list = field(default_factory=list)
 
     def show(self, *names):
         """An object that Jupyter displays as the named sections (all when none is named)."""
@@ -211,8 +218,6 @@ def build_report(model, train: Split, test: Split | None = None, *, seconds: flo
 
 
 def _summary(model, train, test, classes) -> dict:
-    from classify.model import describe_featurizer
-
     p = model.provenance
     d = describe_featurizer(model.featurizer_config)
     counts = pd.Series(np.asarray(classes)[train.y]).value_counts().reindex(classes)
@@ -223,9 +228,15 @@ def _summary(model, train, test, classes) -> dict:
         "head": f"{p.get('head')} {p.get('params')}",
     }
     cv, std = p.get("cv_scores") or {}, p.get("cv_std") or {}
-    if cv.get(p.get("scoring")) is not None:
-        summary[f"CV {p.get('scoring')}"] = (f"{cv[p['scoring']]:.4f} +/- "
-                                             f"{std.get(p['scoring']) or 0:.4f}")
+    scoring = p.get("scoring")
+    nested, nested_std = p.get("nested_scores") or {}, p.get("nested_std") or {}
+    if cv.get(scoring) is not None:
+        summary[f"CV {scoring}"] = (f"{cv[scoring]:.4f} +/- {std.get(scoring) or 0:.4f} "
+                                    f"({optimism_note(p.get('n_candidates'), bool(nested))})")
+    if nested.get(scoring) is not None:
+        summary[f"nested CV {scoring}"] = (f"{nested[scoring]:.4f} +/- "
+                                           f"{nested_std.get(scoring) or 0:.4f} (unbiased "
+                                           "estimate of the whole selection)")
     if test is not None:
         summary["test images"] = len(test.paths)
         known = (test.y >= 0) & (test.pred >= 0)
@@ -250,7 +261,7 @@ def _duplicates(train, test, classes):
     exact = {}
     for i, key in enumerate(train.keys):
         exact.setdefault(key, []).append(i)
-    groups = [rows for rows in exact.values() if len(rows) > 1 and rows[0] is not None]
+    groups = [rows for key, rows in exact.items() if len(rows) > 1 and key is not None]
     pairs, n_pairs = diagnostics.near_duplicates(train.X, limit=LIMITS["duplicates"])
     summary["exact duplicates in training data"] = sum(len(g) - 1 for g in groups)
     summary["near-duplicate pairs in training data"] = n_pairs
@@ -281,7 +292,11 @@ def _duplicates(train, test, classes):
 
 
 def _map(train, test, classes, method):
-    xy, xy_test = diagnostics.embedding_map(train.X, None if test is None else test.X, method)
+    # images with no features (NaN rows) are placed at the mean of the training features
+    finite = np.isfinite(train.X).all(axis=1)
+    centre = train.X[finite].mean(axis=0) if finite.any() else np.zeros(train.X.shape[1])
+    xy, xy_test = diagnostics.embedding_map(
+        _filled(train.X, centre), None if test is None else _filled(test.X, centre), method)
     points = [(x, y, int(c), int(p), "train", path)
               for (x, y), c, p, path in zip(xy, train.y, train.pred, train.paths)]
     if test is not None:
@@ -400,120 +415,8 @@ def render_report(summary: dict, scores: dict, sections: dict, notes=(), extra=N
 """
 
 
-def report_from_folders(model, data_dir, test_dir=None, *, map_method: str = "pca",
-                        extra: dict | None = None, **overrides) -> Report:
-    """The report of ``model`` on its training folder (and a labelled test folder).
-
-    The training rows, their out-of-fold predictions and confidences come from the model
-    (``featurize train`` keeps them); the features come from the featurizer, so with
-    ``cache=...`` (the training cache) nothing is computed again and no model is refitted.
-
-    Parameters
-    ----------
-    model : FittedModel
-        Trained by ``featurize train`` (or with ``reports["train_paths"]`` set).
-    data_dir : path
-        The folder-per-class tree the model was trained on.
-    test_dir : path, default=None
-        A folder-per-class test tree: predictions, mistakes, leaks.
-    map_method : {"pca", "tsne"}, default="pca"
-    **overrides
-        Run-time featurizer parameters (``cache``, ``device``, ``batch_size``...).
-
-    Returns
-    -------
-    Report
-    """
-    import os
-
-    from featurize.folder import load_image_folder
-
-    start = time.perf_counter()
-    paths = model.reports.get("train_paths")
-    if paths is None or "oof_predictions" not in model.reports:
-        raise ValueError("This model does not record its training images and out-of-fold "
-                         "predictions (models trained by an older featurize): train it again "
-                         "with `featurize train`.")
-    listed = load_image_folder(data_dir)
-    missing = sorted(set(map(os.path.abspath, paths)) - set(map(os.path.abspath, listed.paths)))
-    if len(missing) == len(paths):
-        raise ValueError(f"None of the {len(paths)} images the model was trained on is in "
-                         f"{data_dir}: give the folder it was trained on "
-                         f"({model.provenance.get('data_dir')}).")
-    classes = [str(c) for c in model.classes_]
-    index = {name: i for i, name in enumerate(classes)}
-    y = np.array([index[str(c)] for c in _labels_of(paths, classes)])
-    X, gone = _features(model, paths, overrides)
-    conf = model.reports["oof_confidence"]
-    train = Split(paths=list(paths), X=X, y=y, pred=model.reports["oof_predictions"][0],
-                  p_true=conf[0, :, 0], p_pred=conf[0, :, 1], keys=_keys(paths),
-                  failures=[tuple(f) for f in model.reports.get("train_failures", [])]
-                  + [(paths[i], f"not readable any more: {reason}") for i, reason in gone])
-    test = None
-    if test_dir is not None:
-        data = load_image_folder(test_dir)
-        Xt, failed = _features(model, data.paths, overrides)
-        names = np.asarray(data.target_names)[data.target]
-        yt = np.array([index.get(str(c), -1) for c in names])
-        pred = np.full(len(data.paths), -1)
-        p_pred = np.full(len(data.paths), np.nan)
-        p_true = np.full(len(data.paths), np.nan)
-        ok = np.setdiff1d(np.arange(len(data.paths)), [i for i, _ in failed])
-        if ok.size:
-            raw = np.asarray(model.predict_features(Xt[ok]))
-            pred[ok] = [index[str(c)] for c in raw]
-            if model.has_proba:
-                proba = model.predict_proba_features(Xt[ok])
-                p_pred[ok] = proba[np.arange(ok.size), pred[ok]]
-                known = yt[ok] >= 0
-                p_true[ok[known]] = proba[np.flatnonzero(known), yt[ok][known]]
-        test = Split(paths=list(data.paths), X=Xt, y=yt, pred=pred, p_pred=p_pred,
-                     p_true=p_true, keys=_keys(data.paths),
-                     failures=list(data.skipped) + [(data.paths[i], r) for i, r in failed])
-    return build_report(model, train, test, seconds=time.perf_counter() - start,
-                        map_method=map_method, extra=extra)
-
-
-def _labels_of(paths, classes):
-    """The class of each training image: its parent folder's name."""
-    import os
-
-    labels = [os.path.basename(os.path.dirname(p)) for p in paths]
-    unknown = sorted(set(labels) - set(classes))
-    if unknown:
-        raise ValueError(f"Training images in folders that are not classes of the model: "
-                         f"{unknown[:5]}")
-    return labels
-
-
-def _features(model, paths, overrides):
-    """Model features of ``paths``; unreadable rows are filled with the column means (so they
-    sit in the middle of the map and match nothing) and returned as ``(row, reason)``."""
-    import warnings
-
-    from featurize.exceptions import FeatureExtractionWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", FeatureExtractionWarning)
-        X = np.asarray(model.transform(paths, on_error="nan", **overrides), dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
-    reasons = {}
-    for w in caught:
-        for failure in getattr(w.message, "failures", []):
-            reasons.setdefault(int(failure["row"]), failure["reason"])
-    if bad.size:
-        fill = np.nanmean(X[np.isfinite(X).all(axis=1)], axis=0) if bad.size < len(X) else 0.0
-        X[bad] = fill
-    return X, [(int(i), reasons.get(int(i), "could not be read")) for i in bad]
-
-
-def _keys(paths):
-    from featurize.keys import file_content_key
-
-    keys = []
-    for path in paths:
-        try:
-            keys.append(file_content_key(path))
-        except OSError:
-            keys.append(None)
-    return keys
+def _filled(X, fill):
+    """``X`` with its non-finite rows replaced by ``fill``."""
+    X = np.array(X, dtype=np.float64)
+    X[~np.isfinite(X).all(axis=1)] = fill
+    return X

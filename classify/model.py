@@ -1,10 +1,12 @@
 """A trained image classifier: featurizer configuration + fitted head + provenance.
 
 :func:`train_model` runs the selection (:func:`~classify.selection.select_model`) on training
-features, refits the chosen head on all of them and returns a :class:`FittedModel`. The model
-predicts on precomputed features (:meth:`FittedModel.predict_features`) or on images
-(:meth:`FittedModel.predict`), building a :class:`featurize.CNNFeaturizer` from the stored
-configuration on first use (featurize and torch are imported only then).
+features, refits the chosen head on all of them and returns a :class:`FittedModel`
+(:func:`classify.train_folder` does it on a folder of images). The model predicts on
+precomputed features (:meth:`FittedModel.predict_features`) or on images
+(:meth:`FittedModel.predict`), computing their features through :mod:`classify.features`
+(featurize and torch are imported only then); it evaluates, predicts and reports on folders
+(:mod:`classify.folders`), and converts to and from a scikit-learn ``Pipeline``.
 
 .. warning::
    Model files are pickles (joblib). Loading one runs code chosen by whoever wrote it: load only
@@ -17,6 +19,7 @@ import datetime
 import logging
 import os
 import pickle
+import zlib
 from collections.abc import Mapping
 
 import joblib
@@ -25,7 +28,19 @@ import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from classify.reports import format_frame, format_scores
+from classify import folders
+from classify.finetuned import read_finetuned
+from classify.features import (
+    NUMERIC_PARAMS,
+    Features,
+    absolute_weights,
+    build_extractors,
+    config_features,
+    describe_featurizer,
+    featurizer_parts,
+    fitted_featurizer_config,
+)
+from classify.reports import format_frame, format_scores, optimism_note
 from classify.selection import SelectionResult, feature_set_name, select_model
 
 logger = logging.getLogger(__name__)
@@ -35,50 +50,17 @@ __all__ = ["FORMAT_VERSION", "FittedModel", "describe_featurizer", "featurizer_p
 
 #: Layout version of saved model files; bump it when a change makes old files unreadable.
 #: 2: ``featurizer_config`` may be ``{"parts": [config, ...]}`` (features of several backbones,
-#: concatenated). Files of version 1 (one configuration) are still read.
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: concatenated). 3: ``reports["train_paths"]`` are relative to the training folder and
+#: ``reports["train_labels"]`` holds their classes. Files of versions 1 and 2 are still read.
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _FORMAT = "featurize.classify.FittedModel"
 
 #: CNNFeaturizer parameters that change the numbers: they may not be overridden at predict time.
-_NUMERIC_PARAMS = ("backbone", "weights", "layer", "pooling", "precision")
+_NUMERIC_PARAMS = tuple(NUMERIC_PARAMS)
 
 
-def featurizer_parts(config: Mapping) -> list[dict]:
-    """The CNNFeaturizer configurations whose features, concatenated in order, a head reads.
-
-    A model's ``featurizer_config`` is either the parameters of one
-    :class:`featurize.CNNFeaturizer` or ``{"parts": [params, ...]}``: the features of several
-    backbones (each with its own layers), concatenated in the order of the list.
-
-    Parameters
-    ----------
-    config : mapping
-
-    Returns
-    -------
-    list of dict
-    """
-    if "parts" in config:
-        return [dict(part) for part in config["parts"]]
-    return [dict(config)]
-
-
-def describe_featurizer(config: Mapping) -> dict:
-    """``backbone``, ``weights``, ``layer`` and ``pooling`` of a configuration, for display:
-    ``" + "``-joined over the parts of a concatenation."""
-    parts = featurizer_parts(config)
-    if len(parts) == 1:
-        return {key: parts[0].get(key) for key in ("backbone", "weights", "layer", "pooling")}
-
-    def text(value):
-        return "+".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-    return {key: " + ".join(text(part.get(key)) for part in parts)
-            for key in ("backbone", "weights", "layer", "pooling")}
-
-
-def _featurize_version() -> str:
+def featurize_version() -> str:
     from featurize._version import __version__  # torch-free module
 
     return __version__
@@ -104,8 +86,10 @@ class FittedModel:
         Cross-validation reports kept with the model: ``"table"`` (every candidate),
         ``"per_class"``, ``"confusion"``, ``"fold_scores"``, ``"nested"`` (when run),
         ``"oof_predictions"`` and ``"oof_confidence"`` (see :class:`~classify.cv.CVResult`);
-        ``featurize train`` adds ``"train_paths"`` (the image of each training row) and
-        ``"train_failures"`` ((path, reason) of the images left out).
+        :func:`classify.train_folder` (``featurize train``) adds ``"train_paths"`` (the image
+        of each training row, relative to the training folder, ``/``-separated),
+        ``"train_labels"`` (its class) and ``"train_failures"`` ((path, reason) of the files
+        left out).
 
     Notes
     -----
@@ -121,6 +105,7 @@ class FittedModel:
         self.provenance = dict(provenance or {})
         self.reports = dict(reports or {})
         self._featurizer = None
+        self._extractors = {}
 
     # -- description ------------------------------------------------------------------------
 
@@ -160,7 +145,9 @@ class FittedModel:
         if p.get("cv_scores"):
             cv = p.get("cv", {})
             lines.append(f"Cross-validation on the training data ({cv.get('n_repeats')} x "
-                         f"{cv.get('n_splits')}-fold):")
+                         f"{cv.get('n_splits')}-fold; "
+                         f"{optimism_note(p.get('n_candidates'), bool(p.get('nested_scores')))}"
+                         "):")
             lines.append(format_scores(p["cv_scores"], p.get("cv_std")))
         if p.get("nested_scores"):
             lines.append("Nested cross-validation (unbiased estimate of the procedure):")
@@ -213,11 +200,57 @@ class FittedModel:
 
     # -- prediction on images ---------------------------------------------------------------
 
-    def featurizer(self, **overrides):
-        """The fitted :class:`featurize.CNNFeaturizer` of this model (built once, then reused).
+    def features(self, images, *, cache=None, device="auto", batch_size: int = 32,
+                 num_workers: int | None = None, on_error: str = "nan", verbose: int = 0,
+                 progress: str | None = None) -> Features:
+        """The head's input for ``images``: the one route from images to this model's
+        features (used by :meth:`predict`, :meth:`evaluate`, :meth:`report` and the command
+        line).
 
-        A model that reads several featurizers' features gets a
-        :class:`sklearn.pipeline.FeatureUnion` of them (their columns concatenated in order).
+        Every part of the featurizer configuration is computed in one pass over the images
+        (each image read and decoded once, see :func:`classify.features.extract_configs`).
+
+        Parameters
+        ----------
+        images : sequence or folder
+            Anything :class:`featurize.CNNFeaturizer` accepts.
+        cache : str, path-like, FeatureCache or None, default=None
+            HDF5 feature cache (e.g. the one training used: nothing is computed again).
+        device : str, default="auto"
+        batch_size : int, default=32
+        num_workers : int or None, default=None
+            Threads decoding images.
+        on_error : {"nan", "raise"}, default="nan"
+            ``"nan"``: an unreadable image gets a NaN row and its reason in ``failures``;
+            ``"raise"``: it raises :class:`featurize.exceptions.ImageDecodeError`.
+        verbose : int, default=0
+            ``1``: a progress bar naming the backbones.
+        progress : {"auto", "bar", "log", "none"}, default=None
+            Overrides ``verbose`` (``"auto"``: a bar on a terminal, else log lines).
+
+        Returns
+        -------
+        classify.features.Features
+            ``X`` (NaN rows for failures), ``failures`` (row -> reason), ``sources``.
+        """
+        return config_features(self._extractors_for(device), images, batch_size=batch_size,
+                               num_workers=num_workers, cache=cache, on_error=on_error,
+                               verbose=verbose, progress=progress)
+
+    def _extractors_for(self, device) -> list:
+        extractors = getattr(self, "_extractors", None)
+        if extractors is None:
+            extractors = self._extractors = {}
+        if device not in extractors:
+            extractors.clear()  # one device at a time: the networks are large
+            extractors[device] = build_extractors(self.featurizer_config, device)
+        return extractors[device]
+
+    def featurizer(self, **overrides):
+        """This model's featurizer as a fitted scikit-learn transformer: a
+        :class:`featurize.CNNFeaturizer`, or a :class:`sklearn.pipeline.FeatureUnion` of them
+        for a model that reads several featurizers' features (columns concatenated in order).
+        See also :meth:`to_pipeline`.
 
         Parameters
         ----------
@@ -233,7 +266,7 @@ class FittedModel:
         if self._featurizer is None:
             from featurize.estimator import CNNFeaturizer  # imports torch
 
-            parts = [CNNFeaturizer(**part).fit()
+            parts = [CNNFeaturizer(**{k: part[k] for k in _NUMERIC_PARAMS if k in part}).fit()
                      for part in featurizer_parts(self.featurizer_config)]
             if len(parts) == 1:
                 self._featurizer = parts[0]
@@ -249,41 +282,81 @@ class FittedModel:
                 if names else overrides))
         return self._featurizer
 
-    def transform(self, images, **overrides) -> np.ndarray:
-        """Features of ``images`` as the head expects them (see :meth:`featurizer`)."""
-        return self.featurizer(**overrides).transform(images)
+    def transform(self, images, *, on_error: str = "raise", device="auto", **runtime
+                  ) -> np.ndarray:
+        """Features of ``images`` as the head expects them (see :meth:`features`).
 
-    def predict(self, images, **overrides) -> np.ndarray:
+        ``on_error="raise"`` (default) raises on an unreadable image; ``"nan"`` gives it a NaN
+        row and warns (:class:`featurize.exceptions.FeatureExtractionWarning`).
+        """
+        return config_features(self._extractors_for(device), images, on_error=on_error,
+                               quiet=False, **runtime).X
+
+    def predict(self, images, **runtime) -> np.ndarray:
         """Predict class labels of images (paths, PIL images, arrays, a folder...).
 
         Parameters
         ----------
         images : sequence or folder
             Anything :class:`featurize.CNNFeaturizer` accepts.
-        **overrides
-            Run-time featurizer parameters, see :meth:`featurizer`.
+        **runtime
+            Run-time options of :meth:`features` (``cache``, ``device``...).
 
         Returns
         -------
         ndarray of shape (n_images,)
         """
-        return self.predict_features(self.transform(images, **overrides))
+        return self.predict_features(self.transform(images, **runtime))
 
-    def predict_proba(self, images, **overrides) -> np.ndarray:
+    def predict_proba(self, images, **runtime) -> np.ndarray:
         """Class probabilities of images (columns: :attr:`classes_`)."""
-        return self.predict_proba_features(self.transform(images, **overrides))
+        return self.predict_proba_features(self.transform(images, **runtime))
+
+    # -- folders ------------------------------------------------------------------------------
+
+    def evaluate(self, folder, **runtime) -> folders.Evaluation:
+        """Scores on a labelled folder-per-class tree (``folder/<class>/<images>``): see
+        :func:`classify.folders.evaluate_folder`.
+
+        Parameters
+        ----------
+        folder : path
+        **runtime
+            ``cache``, ``device``, ``batch_size``, ``num_workers``, ``verbose``, ``progress``.
+
+        Returns
+        -------
+        classify.folders.Evaluation
+            ``scores``, ``per_class``, ``confusion``, ``failed``, ``misclassified``...
+        """
+        return folders.evaluate_folder(self, folder, **runtime)
+
+    def training_failures(self, data_dir=None) -> list:
+        """``(path, reason)`` of the files of the training folder left out at training
+        (skipped or unreadable), the paths inside ``data_dir`` (default: the training folder
+        as recorded)."""
+        root = os.fspath(data_dir if data_dir is not None
+                         else self.provenance.get("data_dir", ""))
+        return [(os.path.join(root, *str(path).split("/")), reason)
+                for path, reason in self.reports.get("train_failures", [])]
+
+    def predict_table(self, sources, **runtime):
+        """One row per image of ``sources`` (files, folders, glob patterns): path, predicted
+        class, probabilities, error. See :func:`classify.folders.predict_table`."""
+        return folders.predict_table(self, sources, **runtime)
 
     def report(self, data_dir, test_dir=None, *, out=None, map_method: str = "pca",
-               extra: dict | None = None, **overrides):
+               extra: dict | None = None, **runtime):
         """A self-contained HTML report of this model on its data, with the images in it.
 
-        See :func:`classify.html_report.report_from_folders`. In a notebook the returned
-        object displays inline.
+        See :func:`classify.folders.report_folder`. In a notebook the returned object
+        displays inline.
 
         Parameters
         ----------
         data_dir : path
-            The folder the model was trained on.
+            The folder the model was trained on, wherever it is now (the training images are
+            found by their path inside it).
         test_dir : path, default=None
             A labelled test folder.
         out : path, default=None
@@ -291,26 +364,92 @@ class FittedModel:
         map_method : {"pca", "tsne"}, default="pca"
         extra : dict, default=None
             More sections (title -> HTML) shown after the summary.
-        **overrides
-            Run-time featurizer parameters (``cache``, ``device``...).
+        **runtime
+            ``cache``, ``device``, ``batch_size``, ``num_workers``, ``verbose``, ``progress``.
 
         Returns
         -------
         classify.html_report.Report
         """
-        from classify.html_report import report_from_folders
-
-        result = report_from_folders(self, data_dir, test_dir, map_method=map_method,
-                                     extra=extra, **overrides)
+        result = folders.report_folder(self, data_dir, test_dir, map_method=map_method,
+                                       extra=extra, **runtime)
         if out is not None:
             result.save(out)
         return result
+
+    # -- scikit-learn pipelines ------------------------------------------------------------
+
+    def to_pipeline(self):
+        """This model as a fitted :class:`sklearn.pipeline.Pipeline`: ``("featurizer",``
+        :meth:`featurizer` ``)`` then ``("head", estimator)``. It predicts from image paths
+        like the model, and :meth:`from_pipeline` turns it back into one."""
+        from sklearn.pipeline import Pipeline
+
+        return Pipeline([("featurizer", self.featurizer()), ("head", self.estimator)])
+
+    @classmethod
+    def from_pipeline(cls, pipeline, *, provenance: dict | None = None) -> FittedModel:
+        """A model (which ``featurize evaluate`` / ``predict`` read once saved) from a fitted
+        scikit-learn pipeline whose first step is a :class:`featurize.CNNFeaturizer` (or a
+        ``FeatureUnion`` of them) and whose other steps are the head.
+
+        Parameters
+        ----------
+        pipeline : sklearn.pipeline.Pipeline
+            Fitted, e.g. ``make_pipeline(CNNFeaturizer(...), StandardScaler(),
+            LogisticRegression()).fit(paths, y)``.
+        provenance : dict, default=None
+            More provenance to record (merged over what is read from the pipeline).
+
+        Returns
+        -------
+        FittedModel
+            Its featurizer configuration is the featurizer's parameters that change the
+            numbers (a checkpoint path made absolute, the precision as resolved at fit). It
+            records no training images, so :meth:`report` refuses it.
+
+        Raises
+        ------
+        TypeError
+            Not a pipeline of a featurizer and a head.
+        """
+        from sklearn.pipeline import FeatureUnion, Pipeline
+
+        steps = getattr(pipeline, "steps", None)
+        if not isinstance(pipeline, Pipeline) or not steps or len(steps) < 2:
+            raise TypeError("Expected a fitted sklearn Pipeline whose first step is a "
+                            "CNNFeaturizer and whose other steps are the head; got "
+                            f"{type(pipeline).__name__}.")
+        first = steps[0][1]
+        members = ([t for _, t in first.transformer_list] if isinstance(first, FeatureUnion)
+                   else [first])
+        if not all(type(m).__name__ == "CNNFeaturizer" for m in members):
+            raise TypeError(f"The first step of the pipeline is a {type(first).__name__}; "
+                            "expected a CNNFeaturizer (or a FeatureUnion of them).")
+        for member in members:
+            check_is_fitted(member, "n_features_out_")
+        parts = [fitted_featurizer_config(member) for member in members]
+        head = pipeline[1:] if len(steps) > 2 else steps[1][1]
+        check_is_fitted(head)
+        config = parts[0] if len(parts) == 1 else {"parts": parts}
+        shown = describe_featurizer(config)
+        classes = [str(c) for c in head.classes_]
+        base = {"format_version": FORMAT_VERSION, "featurize_version": featurize_version(),
+                "sklearn_version": sklearn.__version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
+                **shown, "head": " -> ".join(type(s).__name__ for _, s in steps[1:]),
+                "params": {}, "classes": classes,
+                "n_features": int(sum(m.n_features_out_ for m in members)),
+                "source": "sklearn Pipeline"}
+        return cls(head, featurizer_config=config, provenance=base | dict(provenance or {}))
 
     # -- persistence ------------------------------------------------------------------------
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_featurizer"] = None  # the network does not travel; rebuilt on first use
+        state["_featurizer"] = None  # the networks do not travel; rebuilt on first use
+        state.pop("_extractors", None)
         return state
 
     def save(self, path: str | os.PathLike, *, compress: int = 3) -> None:
@@ -323,7 +462,7 @@ class FittedModel:
         payload = {
             "format": _FORMAT,
             "format_version": FORMAT_VERSION,
-            "featurize_version": _featurize_version(),
+            "featurize_version": featurize_version(),
             "sklearn_version": sklearn.__version__,
             "state": {
                 "estimator": self.estimator,
@@ -365,25 +504,36 @@ def load_model(path: str | os.PathLike) -> FittedModel:
     FileNotFoundError
         No such file.
     """
-    from featurize.exceptions import ModelVersionError  # torch-free module
+    from featurize.exceptions import ModelVersionError  # torch-free modules
+    from featurize.filekinds import describe_file, is_hdf5
 
     with open(path, "rb") as fh:
         if fh.read(2) == b"PK":  # a torch (zip) checkpoint: a fine-tuned network?
-            return _load_finetuned(path)
+            return FittedModel(**read_finetuned(path))
+    name = os.fspath(path)
+    if is_hdf5(path):
+        raise ValueError(f"{name!r} is not a model: it is {describe_file(path)}. Pass the model "
+                         "file that `featurize train` wrote (--out), or a `featurize finetune` "
+                         "checkpoint.")
     try:
         payload = joblib.load(path)
+    except zlib.error as exc:
+        raise ValueError(f"{name!r} is damaged: it is {describe_file(path)} whose compressed "
+                         f"data does not decompress (zlib: {exc}); it changed after it was "
+                         "written (a partial copy or download, a disk error). Restore it from "
+                         "a copy or train the model again.") from exc
     except (pickle.UnpicklingError, EOFError, IndexError, KeyError, AttributeError,
-            ImportError) as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable featurize model file "
-                         f"({type(exc).__name__}: {exc}).") from exc
+            ImportError, ValueError) as exc:
+        raise ValueError(f"{name!r} is not a readable featurize model file: it is "
+                         f"{describe_file(path)} ({type(exc).__name__}: {exc}).") from exc
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{os.fspath(path)!r} is not a featurize model file (it holds a "
+        raise ValueError(f"{name!r} is not a featurize model file (it holds a "
                          f"{type(payload).__name__}); write models with FittedModel.save.")
     version = payload.get("format_version")
     if version not in _READABLE_VERSIONS:
         raise ModelVersionError(
             f"{os.fspath(path)!r} has model format version {version!r} (written by featurize "
-            f"{payload.get('featurize_version')}); this featurize {_featurize_version()} reads "
+            f"{payload.get('featurize_version')}); this featurize {featurize_version()} reads "
             f"format versions {', '.join(map(str, _READABLE_VERSIONS))}. Retrain the model with "
             f"this version, or load it with featurize {payload.get('featurize_version')}."
         )
@@ -391,163 +541,3 @@ def load_model(path: str | os.PathLike) -> FittedModel:
         logger.warning("model %s was written with scikit-learn %s; this is %s",
                        os.fspath(path), payload.get("sklearn_version"), sklearn.__version__)
     return FittedModel(**payload["state"])
-
-
-class LinearHead(ClassifierMixin, BaseEstimator):
-    """A fixed linear classifier (``coef_``, ``intercept_``, softmax probabilities): the last
-    layer of a fine-tuned network, applied to its penultimate features."""
-
-    def __init__(self, coef=None, intercept=None, classes=None):
-        self.coef = coef
-        self.intercept = intercept
-        self.classes = classes
-
-    def fit(self, X=None, y=None):
-        self.coef_ = np.asarray(self.coef, dtype=np.float64)
-        self.intercept_ = np.asarray(self.intercept, dtype=np.float64)
-        self.classes_ = np.asarray(self.classes)
-        return self
-
-    def decision_function(self, X):
-        return np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
-
-    def predict_proba(self, X):
-        z = self.decision_function(X)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
-
-    def predict(self, X):
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
-
-
-def _load_finetuned(path) -> FittedModel:
-    """A checkpoint of :func:`featurize.finetune.finetune` as a model that predicts like a
-    trained one: penultimate features of the fine-tuned network, then its classifier."""
-    import torch
-
-    from featurize.finetune import is_finetuned_checkpoint
-
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{os.fspath(path)!r} is not a readable featurize model file "
-                         f"({type(exc).__name__}: {exc}).") from exc
-    if not is_finetuned_checkpoint(payload):
-        raise ValueError(f"{os.fspath(path)!r} is a torch checkpoint, not a featurize model: "
-                         "train one with `featurize train` or `featurize finetune`.")
-    head = LinearHead(payload["head_weight"].numpy(), payload["head_bias"].numpy(),
-                      payload["classes"]).fit()
-    config = {"backbone": payload["backbone"], "weights": os.path.abspath(os.fspath(path)),
-              "layer": "penultimate", "pooling": "avg"}
-    provenance = {"backbone": payload["backbone"], "weights": config["weights"],
-                  "layer": "penultimate", "pooling": "avg", "head": "fine-tuned",
-                  "params": {"best_epoch": payload["best_epoch"], "seed": payload["seed"]},
-                  "classes": payload["classes"], "scoring": "balanced_accuracy",
-                  "val_scores": {"balanced_accuracy": payload["val_balanced_accuracy"]},
-                  "history": payload["history"], "featurize_version": _featurize_version()}
-    return FittedModel(head, featurizer_config=config, provenance=provenance,
-                       reports={"val_paths": payload["val_paths"]})
-
-
-def _plain(scores: dict) -> dict:
-    """Scores as plain floats, NaN (no probabilities) as None: comparable and JSON-ready."""
-    return {name: (float(v) if np.isfinite(v) else None) for name, v in scores.items()}
-
-
-def _layer_pooling(key) -> dict:
-    if isinstance(key, tuple) and len(key) == 2:
-        return {"layer": key[0], "pooling": key[1]}
-    return {}
-
-
-def fit_selected(selection: SelectionResult, feature_sets, y, *,
-                 featurizer_config: dict | None = None) -> FittedModel:
-    """Refit the configuration chosen by a selection on all its training data.
-
-    Parameters
-    ----------
-    selection : SelectionResult
-        What :func:`~classify.selection.select_model` returned for ``feature_sets`` and ``y``.
-    feature_sets : mapping or array
-        The same feature sets as given to the selection.
-    y : array-like of shape (n_samples,)
-        The same labels.
-    featurizer_config : dict, default=None
-        CNNFeaturizer parameters of the chosen feature set (or ``{"parts": [...]}``, see
-        :func:`featurizer_parts`); ``layer`` and ``pooling`` are taken from the chosen feature
-        set's key when it is a ``(layer, pooling)`` tuple and the configuration names neither.
-
-    Returns
-    -------
-    FittedModel
-    """
-    key = selection.best_feature_set
-    X = feature_sets[key] if isinstance(feature_sets, Mapping) else feature_sets
-    X = check_array(X, dtype=(np.float64, np.float32))
-    y = np.asarray(y)
-    estimator = selection.best_estimator().fit(X, y)
-    config = dict(featurizer_config or {})
-    if "parts" not in config:
-        config = {**_layer_pooling(key), **config}
-    shown = describe_featurizer(config)
-    cv = selection.best_cv
-    classes, counts = np.unique(y, return_counts=True)
-    provenance = {
-        "format_version": FORMAT_VERSION,
-        "featurize_version": _featurize_version(),
-        "sklearn_version": sklearn.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "backbone": shown["backbone"],
-        "weights": shown["weights"],
-        "layer": shown["layer"],
-        "pooling": shown["pooling"],
-        "feature_set": feature_set_name(key),
-        "head": selection.best_head,
-        "params": selection.best_params,
-        "scoring": selection.scoring,
-        "cv": {"n_splits": cv.n_splits, "n_repeats": cv.n_repeats,
-               "random_state": cv.random_state, "notes": list(selection.notes)},
-        "cv_scores": _plain(cv.mean_scores()),
-        "cv_std": _plain(cv.std_scores()),
-        "classes": [str(c) for c in classes],
-        "class_counts": {str(c): int(n) for c, n in zip(classes, counts)},
-        "n_samples": int(X.shape[0]),
-        "n_features": int(X.shape[1]),
-    }
-    reports = {"table": selection.table, "per_class": cv.per_class_report(),
-               "confusion": cv.confusion_matrix(), "fold_scores": cv.fold_scores,
-               # out-of-fold predicted codes and confidences, row i = training row i
-               "oof_predictions": cv.oof_predictions, "oof_confidence": cv.oof_confidence}
-    if selection.nested is not None:
-        provenance["nested_scores"] = _plain(selection.nested.mean_scores())
-        provenance["nested_std"] = _plain(selection.nested.std_scores())
-        reports["nested"] = selection.nested.fold_scores
-    return FittedModel(estimator, featurizer_config=config, provenance=provenance,
-                       reports=reports)
-
-
-def train_model(feature_sets, y, *, featurizer_config: dict | None = None,
-                **selection_params) -> FittedModel:
-    """Select feature set, head and parameters by cross-validation, then fit on all the data.
-
-    Parameters
-    ----------
-    feature_sets : mapping of key to array-like, or array-like
-        Training features per candidate (layer, pooling); see
-        :func:`~classify.selection.select_model`. Use ``(layer, pooling)`` tuples as keys so
-        that the model knows how to featurize new images.
-    y : array-like of shape (n_samples,)
-        Class labels (e.g. ``np.asarray(data.target_names)[data.target]``).
-    featurizer_config : dict, default=None
-        CNNFeaturizer parameters used to extract ``feature_sets`` (backbone, weights, ...).
-    **selection_params
-        Passed to :func:`~classify.selection.select_model` (``heads``, ``param_grids``,
-        ``probability``, ``scoring``, ``n_splits``, ``n_repeats``, ``nested``, ``n_jobs``...).
-
-    Returns
-    -------
-    FittedModel
-        ``provenance`` holds the choice and its cross-validated scores; ``reports`` the tables.
-    """
-    selection = select_model(feature_sets, y, **selection_params)
-    return fit_selected(selection, feature_sets, y, featurizer_config=featurizer_config)

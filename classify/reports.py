@@ -15,6 +15,7 @@ __all__ = [
     "confusion_frame",
     "format_frame",
     "format_scores",
+    "optimism_note",
     "per_class_report",
 ]
 
@@ -98,3 +99,22 @@ def format_frame(frame: pd.DataFrame, float_format: str = "{:.4f}") -> str:
     formatters = {col: float_format.format for col in frame.columns
                   if pd.api.types.is_float_dtype(frame[col])}
     return frame.to_string(formatters=formatters, na_rep="-")
+
+
+def optimism_note(n_candidates: int | None = None, nested: bool = False) -> str:
+    """What to say next to the cross-validated score of a selection's choice, wherever it is
+    shown: the best of several candidates, chosen and scored on the same folds, is optimistic.
+
+    Parameters
+    ----------
+    n_candidates : int, default=None
+        How many configurations the selection compared (None: not recorded).
+    nested : bool, default=False
+        Whether a nested cross-validation was run (then it is pointed to, not asked for).
+    """
+    best = (f"the best of {n_candidates} candidates" if n_candidates and n_candidates > 1
+            else "the best candidate")
+    where = ("the nested cross-validation estimates the whole procedure without this bias"
+             if nested else "nested cross-validation (`featurize train --nested`, "
+             "nested=True) estimates the whole procedure without this bias")
+    return f"optimistic: {best}, chosen and scored on the same folds; {where}"

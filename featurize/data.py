@@ -1,30 +1,40 @@
-"""A dataset of images for the DataLoader that never hides or substitutes a failure.
+"""Decode images in a bounded thread pool; never hide or substitute a failure.
 
-Each item is ``(index, uint8 tensor or None, failure or None, key or None)``. A file that cannot
-be decoded yields ``None`` and its failure ``(reason, transient)``: it is reported for its own
-row, and never replaced by another image (timm's ``ImageDataset`` returns the next image on a
+:class:`Decoder` turns one row of the caller's input into a :class:`Decoded` item: the uint8
+tensor of the image for each preprocessing asked for (several backbones share one read and one
+decode), or the failure ``(reason, transient)`` of that row. A failure is reported for its own
+row and never replaced by another image (timm's ``ImageDataset`` returns the next image on a
 decode error; so a file silently gets another file's features).
 
 A file is read once: its bytes are hashed (``key``) and decoded from memory, so the key names
 exactly the pixels that were featurized, even if another program rewrites the file meanwhile.
+
+:func:`decode_in_threads` runs a decoder over rows in a thread pool with a bounded prefetch
+window and yields the items in order. Threads, not processes: Pillow releases the GIL while it
+decodes, converts and resizes, and torch's resize kernels do too, so threads decode as fast as
+worker processes did, with nothing to pickle, fork or bootstrap -- featurize runs inside
+scikit-learn's workers, notebooks and ``spawn``/``forkserver`` scripts alike.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from featurize.decoding import (
     DEFAULT_MAX_PIXELS,
     describe_source,
     is_transient,
     load_image,
+    load_image_drafts,
     os_error_reason,
 )
 from featurize.exceptions import ImageDecodeError
@@ -32,50 +42,58 @@ from featurize.keys import read_keyed
 from featurize.preprocessing import Preprocessing
 
 
-class ImageDataset(Dataset):
-    """Decode and preprocess images to uint8 tensors.
+class Decoded(NamedTuple):
+    """One decoded row: ``tensors`` (by preprocessing number) or a ``failure``."""
+
+    row: int
+    tensors: dict[int, torch.Tensor] | None
+    failure: tuple[str, bool] | None  # (reason, transient)
+    key: str | None  # content key of the bytes decoded (files only)
+
+
+class Decoder:
+    """Read, decode and preprocess one input row for one or more preprocessings.
 
     Parameters
     ----------
     sources : sequence
         Paths, bytes, PIL images or arrays (see :func:`featurize.decoding.load_image`).
-    indices : sequence of int
-        Row numbers reported with each item (the positions in the caller's input).
-    preprocessing : Preprocessing
-        Resize and crop applied on the worker.
+    preprocessings : sequence of Preprocessing
+        Resize and crop of each consumer (one per backbone).
+    drafts : sequence of bool, default=None
+        For each preprocessing, whether large JPEGs may decode at a reduced DCT scale (still
+        >= its resize size); None: all may.
     max_pixels : int
         Images larger than this are refused without being decoded.
-    draft : bool, default=True
-        Let large JPEGs decode at a reduced DCT scale (still >= the resize size).
     """
 
-    def __init__(self, sources: Sequence, indices: Sequence[int], preprocessing: Preprocessing,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, draft: bool = True):
+    def __init__(self, sources: Sequence, preprocessings: Sequence[Preprocessing],
+                 drafts: Sequence[bool] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.sources = sources
-        self.indices = list(indices)
-        self.preprocessing = preprocessing
+        self.preprocessings = list(preprocessings)
+        self.drafts = [True] * len(self.preprocessings) if drafts is None else list(drafts)
         self.max_pixels = max_pixels
-        self.draft = draft
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int):
-        index = self.indices[i]
-        source = self.sources[index]
-        draft = self.preprocessing.draft_size if self.draft else None
+    def __call__(self, row: int, which: Sequence[int] = (0,)) -> Decoded:
+        """Decode ``sources[row]`` for the preprocessings numbered ``which``."""
+        source = self.sources[row]
+        preps = [self.preprocessings[i] for i in which]
+        drafts = [p.draft_size if self.drafts[i] else None for i, p in zip(which, preps)]
         key = None
         try:
             if isinstance(source, (str, os.PathLike)):
-                key, image = self._read_file(source, draft)
-            else:
-                image = load_image(source, max_pixels=self.max_pixels, draft_size=draft)
-            return index, resize_crop(image, self.preprocessing), None, key
+                key, images = self._read_file(source, drafts)
+            elif isinstance(source, (bytes, bytearray, memoryview)):
+                images = load_image_drafts(source, drafts, max_pixels=self.max_pixels)
+            else:  # PIL images and arrays: nothing to draft
+                images = [load_image(source, max_pixels=self.max_pixels)] * len(preps)
+            tensors = {i: resize_crop(image, p) for i, image, p in zip(which, images, preps)}
+            return Decoded(row, tensors, None, key)
         except ImageDecodeError as exc:
-            return index, None, (exc.reason, exc.transient), getattr(exc, "key", key)
+            return Decoded(row, None, (exc.reason, exc.transient), getattr(exc, "key", key))
 
-    def _read_file(self, path, draft):
-        """``(key, image)`` of a file read once: the bytes hashed are the bytes decoded."""
+    def _read_file(self, path, drafts):
+        """``(key, images)`` of a file read once: the bytes hashed are the bytes decoded."""
         name = describe_source(path)
         try:
             info = os.stat(path)
@@ -89,10 +107,55 @@ class ImageDataset(Dataset):
             raise ImageDecodeError(name, os_error_reason(path, exc),
                                    transient=is_transient(exc)) from exc
         try:
-            return key, load_image(data, max_pixels=self.max_pixels, draft_size=draft, name=name)
+            return key, load_image_drafts(data, drafts, max_pixels=self.max_pixels, name=name)
         except ImageDecodeError as exc:
             exc.key = key
             raise
+
+
+def decode_in_threads(decode: Callable[..., Decoded], work: Iterable[tuple], threads: int,
+                      window: int) -> Iterator[Decoded]:
+    """``decode(*args)`` for each ``args`` of ``work``, in order, ``threads`` at a time.
+
+    At most ``window`` items are decoded ahead of the consumer (bounded memory). With
+    ``threads=0`` everything runs in the calling thread. When the consumer stops early
+    (``break``, an exception, Ctrl-C), queued work is cancelled and the images being decoded
+    finish before this returns.
+    """
+    if threads <= 0:
+        for args in work:
+            yield decode(*args)
+        return
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featurize-decode")
+    pending: deque = deque()
+    work = iter(work)
+    try:
+        for args in work:
+            pending.append(pool.submit(decode, *args))
+            if len(pending) >= max(1, window):
+                break
+        while pending:
+            item = pending.popleft().result()
+            for args in work:  # top the window up by one
+                pending.append(pool.submit(decode, *args))
+                break
+            yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_decode_threads(n_images: int, device=None) -> int:
+    """Decode threads: none for a single image, else one per core (at most 8).
+
+    Threads cost nothing to start, so every job of two images or more decodes in parallel. On
+    the CPU they share the cores with the forward pass, which is most of the work; the thread
+    pool fills the time the forward pass leaves (``benchmarks/throughput.py``).
+    """
+    if n_images <= 1:
+        return 0
+    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1))
+    return max(1, min(8, cpus))
 
 
 #: Interpolations resized with torch's anti-aliased uint8 kernels (``F.interpolate(...,
@@ -140,23 +203,25 @@ def resize_crop(image: Image.Image, preprocessing: Preprocessing) -> torch.Tenso
     return resized[0, :, top:top + crop, left:left + crop].contiguous()
 
 
-def collate(items):
-    """Stack the good items; keep the failures with their row numbers.
+def collate(items: Sequence[Decoded], part: int = 0, pin_memory: bool = False):
+    """Stack the good items' tensors number ``part``; keep the failures with their rows.
 
     Returns
     -------
-    indices : torch.Tensor of int64
+    indices : ndarray of int64
         Rows of the images in ``batch``.
     batch : torch.Tensor of uint8, shape (n_good, 3, H, W), or None
     failures : list of (int, str, bool)
         ``(row, reason, transient)`` for items that could not be decoded.
     keys : dict of int to str
-        Content key of the bytes decoded, by row, for files (read by the worker).
+        Content key of the bytes decoded, by row, for files.
     """
-    good = [(i, t) for i, t, _, _ in items if t is not None]
-    failures = [(i, f[0], f[1]) for i, t, f, _ in items if t is None]
-    keys = {i: k for i, _, _, k in items if k is not None}
+    good = [item for item in items if item.tensors is not None]
+    failures = [(item.row, *item.failure) for item in items if item.tensors is None]
+    keys = {item.row: item.key for item in items if item.key is not None}
     if not good:
-        return torch.empty(0, dtype=torch.int64), None, failures, keys
-    indices = torch.tensor([i for i, _ in good], dtype=torch.int64)
-    return indices, torch.stack([t for _, t in good]), failures, keys
+        return np.empty(0, dtype=np.int64), None, failures, keys
+    batch = torch.stack([item.tensors[part] for item in good])
+    if pin_memory:
+        batch = batch.pin_memory()
+    return np.array([item.row for item in good], dtype=np.int64), batch, failures, keys

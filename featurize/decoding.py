@@ -50,7 +50,7 @@ import stat
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import IO, NamedTuple, Union
 
@@ -153,9 +153,8 @@ def _strict_pillow() -> Iterator[None]:
     in this process the first is ``None`` and the second ``False``. The first thread to enter
     saves the user's values and the last one to leave restores them, so concurrent decodes in a
     thread pool never restore a half-overridden state, and no ``warnings`` filter is touched
-    (``warnings.catch_warnings`` is not thread-safe before Python 3.14). DataLoader workers are
-    processes: a fork hook gives a child the restored values and a fresh lock. Other code that
-    uses Pillow in another thread during that window sees the overridden values.
+    (``warnings.catch_warnings`` is not thread-safe before Python 3.14). Other code that uses
+    Pillow in another thread during that window sees the overridden values.
     """
     global _state_users, _saved_state
     with _state_lock:
@@ -179,22 +178,6 @@ def _restore_pillow_state() -> None:
         Image.MAX_IMAGE_PIXELS = _saved_state[0]  # type: ignore[assignment]
     if ImageFile.LOAD_TRUNCATED_IMAGES is False:
         ImageFile.LOAD_TRUNCATED_IMAGES = _saved_state[1]
-
-
-def _after_fork_in_child() -> None:
-    global _state_lock, _state_users
-    _state_lock = threading.Lock()
-    if _state_users:
-        _state_users = 0
-        _restore_pillow_state()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(
-        before=lambda: _state_lock.acquire(),
-        after_in_parent=lambda: _state_lock.release(),
-        after_in_child=_after_fork_in_child,
-    )
 
 
 @lru_cache(maxsize=1)
@@ -311,6 +294,57 @@ def load_image(
         f"unsupported input type {type(source).__qualname__}: expected a file path, bytes, "
         "a PIL image or a numpy array",
     )
+
+
+def load_image_drafts(
+    data: bytes,
+    draft_sizes: Sequence[tuple[int, int] | None],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> list[Image.Image]:
+    """Decode encoded bytes for several draft sizes, once per distinct result.
+
+    The same images as ``[load_image(data, draft_size=d, ...) for d in draft_sizes]``, pixel for
+    pixel, but a JPEG whose DCT scaling comes out the same for two draft sizes (the usual case
+    for backbones of similar input sizes) is decoded once: how several backbones share one
+    decode of each image.
+
+    Parameters
+    ----------
+    data : bytes
+        An encoded image file.
+    draft_sizes : sequence of (int, int) or None
+        One draft size (see :func:`load_image`) per image wanted.
+    max_pixels : int or None, default=DEFAULT_MAX_PIXELS
+    name : str, default=None
+        The file ``data`` was read from, for errors.
+
+    Returns
+    -------
+    list of PIL.Image.Image
+        One RGB image per draft size (the same object where the decodes coincide).
+
+    Raises
+    ------
+    ImageDecodeError
+        As :func:`load_image`.
+    """
+    max_pixels = _check_max_pixels(max_pixels)
+    sizes = [_check_draft_size(d) for d in draft_sizes]
+    what = "data" if name is None else "file"
+    name = describe_source(data) if name is None else name
+    decoded: dict[tuple, Image.Image] = {}
+    images = []
+    with _strict_pillow():
+        for size in sizes:
+            image = _open_stream(io.BytesIO(data), name, what, max_pixels)
+            _apply_draft(image, size)
+            scale = (size is None, image.size, image.mode)  # what the decode depends on
+            if scale not in decoded:
+                decoded[scale] = _decode_opened(image, name)
+            images.append(decoded[scale])
+    return images
 
 
 def probe_image(
@@ -483,11 +517,20 @@ def _open_stream(fp: IO[bytes], name: str, what: str, max_pixels: int | None) ->
 
 def _load_opened(image: Image.Image, name: str, draft_size: tuple[int, int] | None) -> Image.Image:
     """Decode the pixels of an opened image, apply orientation, convert to RGB."""
+    _apply_draft(image, draft_size)
+    return _decode_opened(image, name)
+
+
+def _apply_draft(image: Image.Image, draft_size: tuple[int, int] | None) -> None:
+    """Let a JPEG decode at the DCT scale that keeps it >= ``draft_size`` (displayed)."""
     if draft_size is not None and image.format in ("JPEG", "MPO"):
         width, height = draft_size
         if _orientation(image) in (5, 6, 7, 8):  # stored rotated by 90 degrees
             width, height = height, width
         image.draft("RGB", (width, height))
+
+
+def _decode_opened(image: Image.Image, name: str) -> Image.Image:
     try:
         image.load()
     except _PILLOW_ERRORS as exc:

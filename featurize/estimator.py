@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
@@ -36,11 +39,16 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` picks CUDA, then MPS, then CPU.
     num_workers : int or None, default=None
-        Data-loader worker processes decoding images; None picks a value from the CPU count.
+        Threads decoding images (None: one per core, at most 8; 0: the calling thread). No
+        process is ever started, so the featurizer runs inside scikit-learn's ``n_jobs``
+        workers and under every multiprocessing start method.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         ``"auto"`` is mixed precision on CUDA, fp32 on CPU.
     cache : str, path-like, FeatureCache or None, default=None
-        HDF5 feature cache (see :class:`featurize.FeatureCache`); None stores nothing.
+        HDF5 feature cache (see :class:`featurize.FeatureCache`); None stores nothing. A
+        relative path is relative to the working folder at ``fit``: the fitted featurizer
+        keeps the absolute path (``cache_``), so a pickled one uses the same file wherever it
+        is loaded.
     on_error : {"raise", "nan"}, default="raise"
         ``"raise"``: an unreadable image raises an error naming the file and the reason.
         ``"nan"``: its row is NaN, and one :class:`~featurize.exceptions.FeatureExtractionWarning`
@@ -59,6 +67,8 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         Width of each layer's part of a row.
     preprocessing_ : dict
         Resize, crop, mean, std and interpolation used (they come from the weights).
+    cache_ : str, FeatureCache or None
+        The cache used: ``cache`` with a path made absolute at ``fit``.
 
     Examples
     --------
@@ -126,7 +136,15 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         self.n_features_out_ = extractor.n_features
         self.preprocessing_ = extractor.preprocessing.to_dict()
         self.device_ = str(extractor.device)
+        self.cache_ = _absolute_cache(self.cache)
+        self._cache_param = self.cache  # set_params(cache=...) after fit is honoured
         return self
+
+    def _cache(self):
+        given = getattr(self, "_cache_param", self.cache)
+        if self.cache is given or self.cache == given:
+            return getattr(self, "cache_", self.cache)
+        return _absolute_cache(self.cache)
 
     def _get_extractor(self):
         extractor = getattr(self, "_extractor", None)
@@ -149,7 +167,7 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self, "n_features_out_")
         return self._get_extractor().extract(
-            X, batch_size=self.batch_size, num_workers=self.num_workers, cache=self.cache,
+            X, batch_size=self.batch_size, num_workers=self.num_workers, cache=self._cache(),
             on_error=self.on_error, verbose=self.verbose,
         ).features
 
@@ -175,3 +193,19 @@ class CNNFeaturizer(TransformerMixin, BaseEstimator):
         state.pop("_extractor", None)  # the network and its device memory do not travel
         state.pop("_built_for_device", None)
         return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        cache = state.get("cache_")
+        if isinstance(cache, str) and not os.path.isdir(os.path.dirname(cache)):
+            warnings.warn(f"This CNNFeaturizer was fitted with the feature cache {cache!r}, "
+                          "whose folder does not exist here: transform will fail to open it. "
+                          "Set another with set_params(cache=...) and fit again.", UserWarning,
+                          stacklevel=2)
+
+
+def _absolute_cache(cache):
+    """A cache path made absolute (a FeatureCache or None unchanged)."""
+    if isinstance(cache, (str, os.PathLike)):
+        return os.path.abspath(os.path.expanduser(os.fspath(cache)))
+    return cache

@@ -27,16 +27,19 @@ from featurize.layers import (
     penultimate_module,
     trace_layers,
 )
-from featurize.loop import ArraySink, run_extraction
+from featurize.loop import ArraySink, Task, run_extractions
 from featurize.options import PRECISIONS, check_choice, check_extraction_options
 from featurize.pooling import pool
 from featurize.progress import make_progress
 from featurize.runtimes import (
-    AUTO_MIN_COSINE,
     auto_candidates,
+    auto_min_cosine,
     available_engines,
     build_engine,
+    check_images,
+    check_precision,
     compare_features,
+    engine_numerics,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,32 +70,37 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"``: bf16 on CUDA GPUs that support it, else fp16 on CUDA, fp32 elsewhere."""
+def resolve_precision(precision: str, device: torch.device, engine: str = "auto", *,
+                      native_bf16: bool | None = None) -> str:
+    """The precision ``"auto"`` stands for on ``device`` with ``engine``.
+
+    On CUDA bf16 where the GPU supports it, else fp16. On the CPU bf16 where it computes bf16
+    natively and OpenVINO runs it (``engine`` ``"auto"`` or ``"openvino"``, OpenVINO
+    installed), fp32 elsewhere: emulated bf16 is slower than fp32, and the other CPU engines
+    are fp32 only. An engine that then fails falls back to fp32 (:meth:`Extractor.prepare_engine`).
+
+    Parameters
+    ----------
+    precision : {"auto", "fp32", "bf16", "fp16"}
+    device : torch.device
+    engine : str, default="auto"
+    native_bf16 : bool or None, default=None
+        Whether the CPU computes bf16 natively; None detects it
+        (:func:`featurize.hardware.cpu_has_native_bf16`).
+
+    Returns
+    -------
+    str
+    """
     check_choice("precision", precision, PRECISIONS)
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if (device.type == "cpu" and engine in ("auto", "openvino")
+            and auto_candidates(device, "bf16", native_bf16=native_bf16)[0] == "openvino"):
+        return "bf16"
     return "fp32"
-
-
-def default_num_workers(n_images: int, batch_size: int, device=None) -> int:
-    """Data-loader worker processes: none for small jobs, else enough to feed the device.
-
-    On a GPU (or ``device=None``) up to the CPU count (max 8): decoding is the bottleneck.
-    On the CPU the workers compete with the forward pass for the same cores and decoding
-    costs about a fifth of the forward, so a quarter of the cores (at least 1, max 8):
-    measured on 2 cores, 1 worker is as fast as 2 with half the memory
-    (``benchmarks/README.md``).
-    """
-    if n_images <= batch_size:
-        return 0
-    cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1))
-    if device is not None and torch.device(device).type == "cpu":
-        return max(1, min(8, cpus // 4))
-    return max(1, min(8, cpus))
 
 
 @dataclass
@@ -140,21 +148,34 @@ class Extractor:
     device : str, default="auto"
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        Autocast precision of the forward pass; ``"auto"`` is bf16 (or fp16) on CUDA, fp32 on CPU.
+        Precision of the forward pass. ``"auto"`` is bf16 (or fp16) autocast on CUDA; on the CPU
+        bf16 run by OpenVINO where the CPU computes bf16 natively (AMX or AVX-512 BF16) and
+        OpenVINO is installed, else fp32 (see :func:`resolve_precision`). After
+        :meth:`prepare_engine` the attribute holds what runs (an OpenVINO engine that fails
+        falls back to fp32 under ``"auto"``); it is part of the cache key.
     channels_last : bool or None, default=None
         Memory format of the input; None uses channels_last on CUDA only.
     draft : bool, default=True
         Decode large JPEGs at a reduced DCT scale when the result stays >= the resize size.
     max_pixels : int
         Larger images are refused without being decoded (decompression-bomb guard).
-    engine : {"auto", "eager", "onnxruntime", "torchscript", "compile"}, default="auto"
+    engine : {"auto", "eager", "onnxruntime", "openvino", "torchscript", "compile"}, \
+default="auto"
         How the forward pass runs (see :mod:`featurize.runtimes`). ``"eager"`` is the PyTorch
         reference. ``"auto"`` is decided by the configuration and the machine, whatever the
-        size of a call: on the CPU in fp32 the fastest engine installed (ONNX Runtime, else a
-        frozen TorchScript graph), checked against eager on the first real batch; eager
-        elsewhere. Engines agree with eager up to float rounding (as CPU and GPU
-        runs do), so the engine is not part of the cache key: rows cached by a fast engine serve
-        an eager call and vice versa.
+        size of a call: on the CPU in fp32 the fastest engine installed (ONNX Runtime, else
+        OpenVINO, else a frozen TorchScript graph), in bf16 OpenVINO, checked against eager
+        fp32 on real images; eager elsewhere. In fp32 engines agree with eager up to float
+        rounding (as CPU and GPU runs do), so the engine is not part of the cache key: rows
+        cached by a fast engine serve an eager call and vice versa. OpenVINO's bf16 rounds
+        otherwise than torch's bf16 autocast, and has cache keys of its own.
+
+    Attributes
+    ----------
+    engine_name : str
+        The engine that runs (``"eager"`` after a fallback); also logged when it is chosen.
+    precision : str
+        The precision that runs.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", weights="DEFAULT", layer=None,
@@ -164,7 +185,8 @@ class Extractor:
         check_extraction_options(owner="Extractor", pooling=pooling, engine=engine,
                                  layer=layer)
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        self.precision = resolve_precision(precision, self.device, engine)
+        self._precision_option = precision
         self.pooling = pooling
         self.draft = draft
         self.max_pixels = max_pixels
@@ -203,19 +225,29 @@ class Extractor:
                 raise BackboneError(
                     f"engine={engine!r} is not available on {self.device} here (available:"
                     f" {available_engines(self.device)}); engine='onnxruntime' needs"
-                    " pip install 'featurize[onnx]'.")
-            if self.precision != "fp32" and engine != "compile":
-                raise BackboneError(f"engine={engine!r} runs in fp32 only; got precision="
-                                    f"{self.precision!r}.")
+                    " pip install 'featurize[onnx]', engine='openvino' pip install openvino"
+                    " onnx.")
+            check_precision(engine, self.precision)
         # Decided by the configuration and the machine, never by the size of a call.
         self._planned = (auto_candidates(self.device, self.precision)[0] if engine == "auto"
                          else engine)
         self._engine = None  # the built featurize.runtimes.Engine, None for eager
+        self._announced = False  # the engine that runs was logged
 
     # -- configuration ---------------------------------------------------------------------
 
     def layer_config(self, layer: str) -> dict:
-        """Everything that changes one layer's numbers: the cache key of its features."""
+        """Everything that changes one layer's numbers: the cache key of its features.
+
+        Where the engine's numerics are part of the key (OpenVINO bf16), the engine is built
+        (and under ``engine="auto"`` checked) first, so that the key names what runs. Such
+        an engine compiles the layers read together into one graph whose bf16 rounding
+        depends on which outputs it has (a layer read alone differs from the same layer
+        read with others by about 0.2%), so the key also names the layers read.
+        """
+        if self._engine is None and engine_numerics(self._planned, self.precision):
+            self.prepare_engine()
+        numerics = engine_numerics(self.engine_name, self.precision)
         return {
             "backbone": self.backbone.name,
             "weights": self.backbone.weights,
@@ -229,7 +261,17 @@ class Extractor:
             "feature_version": FEATURE_VERSION,
             # only when set, so that the keys of torchvision and embedded backbones are unchanged
             **({"library": self.backbone.library} if self.backbone.library else {}),
+            # only for an engine that rounds otherwise than torch (fp32 and autocast keys stay)
+            **({"numerics": numerics, "layers_read": sorted(self.layers)} if numerics else {}),
         }
+
+    def _check_batch(self) -> torch.Tensor | None:
+        """Real images to check an engine on before the first batch (None: none here)."""
+        try:
+            return check_images(self.preprocessing)
+        except (FileNotFoundError, OSError) as exc:
+            logger.warning("No sample images to check the %s engine on (%s).", self._planned, exc)
+            return None
 
     @property
     def engine_name(self) -> str:
@@ -248,7 +290,11 @@ class Extractor:
         costs seconds). With ``engine="auto"`` a new engine is checked against eager on
         ``batch`` (real preprocessed images: the first batch of the job); one that fails to
         build or disagrees is replaced by the next candidate, eager last. Without a batch the
-        check waits for the first one :meth:`forward` gets.
+        check waits for the first one :meth:`forward` gets, except for an engine whose
+        numerics are part of the cache key (OpenVINO bf16), checked at once on the bundled
+        sample images. If such an engine fails where ``precision="auto"`` chose bf16 for it,
+        the fp32 engines are next (faster on a CPU than bf16 autocast) and
+        :attr:`precision` becomes ``"fp32"``.
 
         Parameters
         ----------
@@ -262,7 +308,9 @@ class Extractor:
             name = self._planned
             key = self._engine_key(name)
             engine = _ENGINES.get(key)
-            if engine is None and key not in _REJECTED:
+            # an engine asked for by name is built (or its error raised) even if "auto"
+            # rejected it before
+            if engine is None and (key not in _REJECTED or self.engine != "auto"):
                 try:
                     engine = build_engine(
                         name, self.model, self.layers,
@@ -274,31 +322,52 @@ class Extractor:
                     _REJECTED[key] = str(exc)
                     engine = None
             if engine is not None and self.engine == "auto" and key not in _CHECKED:
-                if batch is None:
+                check = batch
+                if check is None and engine_numerics(name, self.precision):
+                    check = self._check_batch()  # it decides the cache key: checked now
+                    if check is None:
+                        _REJECTED[key] = "no real images to check it on"
+                if check is None and key not in _REJECTED:
                     return name  # checked on the first real batch
-                reason = self._disagreement(engine, batch)
+                reason = _REJECTED.get(key) or self._disagreement(engine, check)
                 if reason is None:
                     _CHECKED.add(key)
                 else:
                     _REJECTED[key] = reason
                     engine = None
             if engine is None:
-                logger.warning("The %s engine is not used (%s); trying the next one.", name,
-                               _REJECTED.get(key))
-                candidates = auto_candidates(self.device, self.precision)
-                self._planned = candidates[candidates.index(name) + 1]
+                self._fall_back(name, _REJECTED.get(key))
                 continue
             _remember(key, engine)
             self._engine = engine
+        if not self._announced and (self._engine is not None or self._planned == "eager"):
+            self._announced = True
+            logger.info("%s runs on the %s engine in %s.", self.backbone.name,
+                        self.engine_name, self.precision)
         return self.engine_name
 
+    def _fall_back(self, name: str, reason: str | None) -> None:
+        """Plan the candidate after ``name``, which is not used."""
+        if self._precision_option == "auto" and self.precision != "fp32" \
+                and self.device.type == "cpu":
+            # "auto" chose bf16 for this engine only: the fp32 engines are faster than autocast
+            self.precision = "fp32"
+            self._planned = auto_candidates(self.device, "fp32")[0]
+        else:
+            candidates = auto_candidates(self.device, self.precision)
+            self._planned = candidates[candidates.index(name) + 1]
+        logger.warning("The %s engine is not used (%s); %s runs the %s engine in %s instead.",
+                       name, reason, self.backbone.name, self._planned, self.precision)
+
     def _disagreement(self, engine, batch: torch.Tensor) -> str | None:
-        """None if ``engine`` gives eager's features on (up to 2 images of) ``batch``."""
+        """None if ``engine`` gives eager fp32's features on (up to 2 images of) ``batch``."""
         check = batch[:2]
-        min_cos, max_abs = compare_features(self._forward_eager(check), engine(check))
-        if min_cos >= AUTO_MIN_COSINE:
+        min_cos, max_abs = compare_features(self._forward_eager(check, autocast=False),
+                                            engine(check))
+        if min_cos >= auto_min_cosine(self.precision):
             return None
-        return f"its features differ from eager (cosine {min_cos:.5f}, max abs diff {max_abs:.3g})"
+        return (f"its features differ from eager fp32 (cosine {min_cos:.5f}, max abs diff"
+                f" {max_abs:.3g})")
 
     def check_cached_width(self, cache, layer: str, features: np.ndarray | None) -> None:
         """Refuse cached rows whose width is not this model's (a mislabelled file)."""
@@ -326,9 +395,11 @@ class Extractor:
             return self._engine(batch)
         return self._forward_eager(batch)
 
-    def _forward_eager(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
+    def _forward_eager(self, batch: torch.Tensor, autocast: bool = True
+                       ) -> dict[str, np.ndarray]:
         x = batch.to(self.device, non_blocking=True)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), (self._autocast() if autocast
+                                      else contextlib.nullcontext()):
             outputs = self._net(x)
         return {name: v.float().cpu().numpy() for name, v in zip(self.layers, outputs)}
 
@@ -375,7 +446,8 @@ class Extractor:
         batch_size : int, default=32
             Images per forward pass (halved automatically on out-of-memory).
         num_workers : int or None, default=None
-            Data-loader worker processes; None picks :func:`default_num_workers`.
+            Threads decoding images (0: in the calling thread; None: one per core, at most
+            8). featurize never starts processes of its own.
         cache : str, path-like, FeatureCache or None, default=None
             An HDF5 feature cache; None computes everything and stores nothing.
         on_error : {"raise", "nan"}, default="raise"
@@ -396,34 +468,9 @@ class Extractor:
         -------
         ExtractionResult
         """
-        check_extraction_options(owner="Extractor.extract", on_error=on_error,
-                                 batch_size=batch_size, num_workers=num_workers)
-        if self.pooling == "none" and cache is not None:
-            raise ValueError("pooling='none' returns feature maps, which are not cached;"
-                             " use cache=None.")
-        sources = as_sources(images)
-        n = len(sources)
-        names = [describe_source(s, i) for i, s in enumerate(sources)]
-        out = self._allocate(n)
-        sink = ArraySink(out, None if self.pooling == "none" else self._columns(), names,
-                         on_error)
-        if num_workers is None:
-            in_memory = not all(isinstance(s, (str, os.PathLike)) for s in sources)
-            num_workers = 0 if in_memory else default_num_workers(n, batch_size, self.device)
-        progress = make_progress(progress or ("bar" if verbose else "none"), interval=10.0,
-                                 desc="featurize")
-        progress.start(n)
-        try:
-            run_extraction(sources, self, _as_cache(cache), sink, names=names,
-                           batch_size=batch_size, num_workers=num_workers,
-                           retry_failed=retry_failed, progress=progress)
-        finally:
-            progress.close()
-        failures = dict(sorted(sink.failures.items()))
-        if failures and on_error == "nan":
-            _warn_failures(failures, names, n)
-        return ExtractionResult(out, failures, names, dict(self.widths), sink.extracted,
-                                sink.cached)
+        return extract_many([self], images, batch_size=batch_size, num_workers=num_workers,
+                            cache=cache, on_error=on_error, verbose=verbose,
+                            retry_failed=retry_failed, progress=progress)[0]
 
     def _allocate(self, n: int) -> np.ndarray:
         if self.pooling == "none":
@@ -445,11 +492,21 @@ _ENGINES: dict[tuple, object] = {}
 _MAX_ENGINES = 8
 _CHECKED: set[tuple] = set()
 _REJECTED: dict[tuple, str] = {}
+#: Engines of a parent process, kept (never run, never destroyed) in a forked child.
+_FORKED_AWAY: list[dict] = []
 
 
 def _forget_engines() -> None:
-    """A forked child must not run its parent's engines (their thread pools did not follow)."""
-    _ENGINES.clear()
+    """A forked child must not run its parent's engines: their thread pools did not follow.
+
+    featurize starts no process itself, but a user's ``multiprocessing`` pool under the
+    ``fork`` start method (the default on Linux before Python 3.14) calls it in children of a
+    process that featurized already. The parent's engines are set aside, never destroyed here:
+    OpenVINO's destructors wait for threads that do not exist in the child and would hang it.
+    """
+    global _ENGINES
+    _FORKED_AWAY.append(_ENGINES)
+    _ENGINES = {}
 
 
 if hasattr(os, "register_at_fork"):
@@ -471,7 +528,57 @@ def _warn_failures(failures: dict[int, str], names: list[str], n: int) -> None:
         f"{len(rows)} of {n} images could not be featurized and got rows of NaN ({listed}{more})."
         " The warning's .failures attribute lists them all.",
         [{"row": r, "source": names[r], "reason": failures[r]} for r in rows],
-    ), stacklevel=4)
+    ), stacklevel=5)
+
+
+def extract_many(extractors, images, *, batch_size: int = 32, num_workers: int | None = None,
+                 cache=None, on_error: str = "raise", verbose: int = 0,
+                 retry_failed: bool = False, progress: str | None = None
+                 ) -> list[ExtractionResult]:
+    """Featurize images with several extractors in one pass: each image is read and decoded
+    once, then resized for each backbone (``featurize train`` reads three).
+
+    Parameters
+    ----------
+    extractors : sequence of Extractor
+    images : sequence or folder
+        Anything :func:`featurize.inputs.as_sources` takes.
+    batch_size, num_workers, cache, on_error, verbose, retry_failed, progress
+        As in :meth:`Extractor.extract`; one cache serves every extractor (each configuration
+        has its own rows in it).
+
+    Returns
+    -------
+    list of ExtractionResult
+        One per extractor, in order.
+    """
+    check_extraction_options(owner="extract_many", on_error=on_error, batch_size=batch_size,
+                             num_workers=num_workers)
+    if cache is not None and any(ex.pooling == "none" for ex in extractors):
+        raise ValueError("pooling='none' returns feature maps, which are not cached;"
+                         " use cache=None.")
+    sources = as_sources(images)
+    n = len(sources)
+    names = [describe_source(s, i) for i, s in enumerate(sources)]
+    store = _as_cache(cache)
+    sinks = [ArraySink(ex._allocate(n), None if ex.pooling == "none" else ex._columns(), names,
+                       on_error) for ex in extractors]
+    backbones = "+".join(dict.fromkeys(ex.backbone.name for ex in extractors))
+    progress = make_progress(progress or ("bar" if verbose else "none"), interval=10.0,
+                             desc=f"featurize {backbones}")
+    progress.start(n * len(extractors))
+    try:
+        run_extractions(sources, [Task(ex, store, sink) for ex, sink in zip(extractors, sinks)],
+                        names=names, batch_size=batch_size, num_workers=num_workers,
+                        retry_failed=retry_failed, progress=progress)
+    finally:
+        progress.close()
+    failures = dict(sorted((row, why) for sink in sinks for row, why in sink.failures.items()))
+    if failures and on_error == "nan":
+        _warn_failures(failures, names, n)
+    return [ExtractionResult(sink.out, dict(sorted(sink.failures.items())), names,
+                             dict(ex.widths), sink.extracted, sink.cached)
+            for ex, sink in zip(extractors, sinks)]
 
 
 def _as_cache(cache):
@@ -512,9 +619,10 @@ def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="D
     device : str, default="auto"
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
     num_workers : int or None, default=None
-        Data-loader worker processes (None: automatic).
+        Threads decoding images (None: one per core, at most 8; 0: the calling thread).
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
-        Forward-pass precision (``"auto"``: mixed precision on CUDA, fp32 elsewhere).
+        Forward-pass precision (``"auto"``: mixed precision on CUDA, bf16 on a CPU that
+        computes it natively with OpenVINO, fp32 elsewhere; see :class:`Extractor`).
     cache : str, path-like, FeatureCache or None, default=None
         HDF5 feature cache to read from and write to.
     on_error : {"raise", "nan"}, default="raise"
@@ -525,7 +633,8 @@ def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="D
         Also return ``{row: reason}`` for the rows that failed.
     retry_failed : bool, default=False
         Re-read files the cache recorded as failed.
-    engine : {"auto", "eager", "onnxruntime", "torchscript", "compile"}, default="auto"
+    engine : {"auto", "eager", "onnxruntime", "openvino", "torchscript", "compile"}, \
+default="auto"
         Forward-pass engine (see :class:`Extractor`).
 
     Returns

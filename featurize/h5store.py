@@ -54,6 +54,14 @@ def open_for_reading(path: str) -> Any:
 
 
 def corrupted(path: str, exc: BaseException) -> CacheCorruptedError:
+    from featurize.filekinds import identify, is_hdf5
+
+    kind = identify(path)
+    if kind is not None and not is_hdf5(path):
+        # a file of another kind, not a damaged cache: never advise deleting it
+        return CacheCorruptedError(
+            f"cache file {path!r} is not a readable featurize cache: it is {kind}, not an "
+            "HDF5 file. Point cache= (--cache) at another file; this one was left as it is.")
     return CacheCorruptedError(
         f"cache file {path!r} is not a readable featurize cache ({exc}). It may be truncated "
         "or corrupted (an interrupted copy or download, a full disk), or not an HDF5 file at "

@@ -21,6 +21,8 @@ from featurize.exceptions import BackboneError
 from featurize.pooling import pool
 
 PENULTIMATE = "penultimate"
+#: Stage outputs :func:`default_layers` offers besides the penultimate layer.
+DEFAULT_STAGES = 4
 
 
 @dataclass(frozen=True)
@@ -240,3 +242,39 @@ def list_layers(backbone: str = "efficientnet_lite0", weights=None, *,
 
     loaded = load_backbone(backbone, weights)
     return trace_layers(loaded.model.eval(), image_size or loaded.preprocessing.crop_size)
+
+
+def default_layers(infos: list[LayerInfo], n_stages: int = DEFAULT_STAGES) -> list[str]:
+    """Candidate layers of a backbone: the ends of its last stages before the final feature
+    map, and ``"penultimate"`` (what ``featurize train`` tries by default).
+
+    A stage is a run of consecutive layers (top-level modules and their direct children, in
+    execution order) whose feature maps have the same shape; its last layer is its output.
+    The final feature map is left out: pooled, it is the penultimate embedding.
+
+    Parameters
+    ----------
+    infos : list of LayerInfo
+        The backbone's layers, in execution order (:func:`list_layers`).
+    n_stages : int, default=DEFAULT_STAGES
+        How many stage outputs to offer.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> default_layers(list_layers("efficientnet_lite0"))  # doctest: +SKIP
+    ['blocks.7', 'blocks.10', 'blocks.14', 'blocks.15', 'penultimate']
+    """
+    maps = [i for i in infos if len(i.shape) == 3 and i.shape[1] * i.shape[2] > 1
+            and i.name.count(".") <= 1]
+    ends = [a.name for a, b in zip(maps, maps[1:]) if a.shape != b.shape]
+    names = [i.name for i in infos]
+    layers = ends[-n_stages:] if n_stages > 0 else []
+    if PENULTIMATE in names:
+        layers.append(PENULTIMATE)
+    elif maps:
+        layers.append(maps[-1].name)
+    return layers or [names[-1]]

@@ -6,16 +6,21 @@ Every path that turns images into features runs :func:`run_extraction`:
 and ``featurize extract`` and each Dask partition (:func:`stream_extract`) with a
 :class:`CountingSink` that holds no features at all.
 
-* **plan** (a chunk of inputs at a time, lazily: it is the DataLoader's sampler): content keys
-  (:func:`featurize.keys.file_content_key`), then the cache is asked which rows exist and
-  which inputs are known to be bad; identical contents are computed once;
-* **compute**: the missing rows go through one ``DataLoader`` (the workers read each file
-  once, hash the bytes and decode the same bytes) and :meth:`Extractor.forward`;
+* **plan** (a chunk of inputs at a time): content keys (:func:`featurize.keys.file_content_key`),
+  then the cache is asked which rows exist and which inputs are known to be bad; identical
+  contents are computed once; with every row in the cache nothing is decoded at all;
+* **compute**: the missing rows are decoded in a bounded thread pool
+  (:func:`featurize.data.decode_in_threads`: each file read once, its bytes hashed and the same
+  bytes decoded) and batched through :meth:`Extractor.forward`;
 * **check**: a row with NaN or inf is a failure of its image, never a row;
 * **write**: each batch goes to the cache (atomically) under the key of the bytes decoded;
   content failures are recorded there too; transient ones (I/O errors, memory, a file
   changed while read) are reported but never remembered;
 * **sink**: receives rows served from the cache, computed rows, copies and failures.
+
+Several models can share one pass (:func:`run_extractions`, one :class:`Task` each, as
+``featurize train`` does with its three backbones): each image is read and decoded once, then
+resized for each model that lacks its row.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from featurize.data import Decoder, collate, decode_in_threads, default_decode_threads
 from featurize.decoding import describe_source, load_image
 from featurize.exceptions import ImageDecodeError
 from featurize.keys import file_content_key
 from featurize.progress import Progress
 
-__all__ = ["ArraySink", "CountingSink", "run_extraction", "stream_extract"]
+__all__ = ["ArraySink", "CountingSink", "Task", "run_extraction", "run_extractions",
+           "stream_extract"]
 
 NON_FINITE = ("the network produced non-finite features (NaN or inf); try precision='fp32' or"
               " check the weights")
@@ -131,57 +139,50 @@ class _Pending:
     copies: list  # later rows with the same content
 
 
-class _Plan:
-    """The lazy plan (the DataLoader's sampler) and the consumer of computed batches."""
+@dataclass
+class Task:
+    """One model of a pass: its extractor, the cache it fills and the sink of its rows.
 
-    def __init__(self, sources, names, extractor, cache, read_caches, sink, retry_failed,
-                 chunk_size, progress, should_stop):
-        self.sources, self.names = sources, names
-        self.extractor, self.sink = extractor, sink
-        self.cache = cache
-        self.lookup_caches = [c for c in (cache, *read_caches) if c is not None]
+    Attributes
+    ----------
+    extractor : featurize.extraction.Extractor
+    cache : FeatureCache or None
+        Read, and written with every computed batch and content failure.
+    sink : CountingSink or ArraySink
+    read_caches : sequence of FeatureCache, default=()
+        Further caches that count as done (read only; Dask workers read the target).
+    """
+
+    extractor: Any
+    cache: Any
+    sink: CountingSink
+    read_caches: Sequence = ()
+
+
+class _Plan:
+    """What one task computes: the lookup of each chunk, and the consumer of its batches."""
+
+    def __init__(self, task: Task, names, retry_failed, progress):
+        self.names = names
+        self.extractor, self.sink, self.cache = task.extractor, task.sink, task.cache
+        self.lookup_caches = [c for c in (task.cache, *task.read_caches) if c is not None]
         self.retry_failed = retry_failed
-        self.chunk_size = chunk_size
         self.progress = progress
-        self.should_stop = should_stop
-        self.configs = {name: extractor.layer_config(name) for name in extractor.layers}
+        self.configs = {name: self.extractor.layer_config(name) for name in self.extractor.layers}
         self.keys: dict[int, str] = {}  # planned rows in flight -> key
         self.pending: dict[str, _Pending] = {}  # key in flight -> its rows
         self.failed_keys: dict[str, str] = {}  # content failures of this run
         self.written: dict[str, int] = {}  # keys written since the last lookup -> row
-        self.stopped = False
 
     # -- plan -------------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[int]:
-        n = len(self.sources)
-        for start in range(0, n, self.chunk_size):
-            if self.should_stop():
-                self.stopped = True
-                return
-            yield from self._plan_chunk(range(start, min(n, start + self.chunk_size)))
-
-    def _hash_chunk(self, rows) -> list[str | None]:
-        def key_of(row):
-            try:
-                return file_content_key(self.sources[row])
-            except (OSError, ValueError, TypeError):
-                return None
-
-        paths = all(isinstance(self.sources[r], (str, os.PathLike)) for r in rows)
-        if paths and len(rows) > 1:
-            with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:
-                return list(pool.map(key_of, rows))
-        return [key_of(r) for r in rows]
-
-    def _plan_chunk(self, rows: range) -> Iterator[int]:
-        keys = self._hash_chunk(rows)
+    def plan(self, rows: range, keys: list, unreadable: dict[int, str]) -> list[int]:
+        """Settle what the caches know of ``rows``; return the rows to compute."""
         done = 0
         keyed_rows, keyed = [], []
         for row, key in zip(rows, keys):
             if key is None:
-                self.sink.failed(row, _unreadable_reason(self.sources[row], self.names[row],
-                                                         self.extractor.max_pixels))
+                self.sink.failed(row, unreadable[row])
                 done += 1
             else:
                 keyed_rows.append(row)
@@ -193,65 +194,68 @@ class _Plan:
             for cache in self.lookup_caches:
                 known.update(cache.failures(first))
         self.written.clear()  # what was written before this lookup, the lookup saw
+        compute = []
         for row, key, hit in zip(keyed_rows, keyed, have):
             if hit:
                 done += 1
-                continue
-            if key in known or key in self.failed_keys:
+            elif key in known or key in self.failed_keys:
                 self.sink.failed(row, known[key][1] if key in known else self.failed_keys[key])
+                done += 1
             elif key in self.written:  # a copy of an image written since the lookup
                 self.sink.copied(row, self.written[key])
+                done += 1
             elif key in self.pending:
                 self.pending[key].copies.append(row)  # settled with the row it duplicates
-                continue
             else:
-                if done:
-                    self.progress.advance(done)
-                    done = 0
                 self.pending[key] = _Pending(row, [])
                 self.keys[row] = key
-                yield row
-                continue
-            done += 1
+                compute.append(row)
         self.progress.advance(done)
+        return compute
 
     def _lookup(self, rows: list[int], keys: list[str]) -> np.ndarray:
-        have = np.ones(len(keys), dtype=bool)
+        """Which keys every layer has in some cache; served rows go to the sink.
+
+        A row's features come from the cache that holds them (the first one that does).
+        """
         if not keys or not self.lookup_caches:
             return np.zeros(len(keys), dtype=bool)
+        have = np.ones(len(keys), dtype=bool)
         features = {}
         for name, config in self.configs.items():
             found = np.zeros(len(keys), dtype=bool)
+            feats = None
             for cache in self.lookup_caches:
-                if self.sink.needs_features and cache is self.lookup_caches[0]:
-                    hit, feats = cache.lookup(config, keys)
+                todo = np.flatnonzero(~found & have)
+                if not len(todo):
+                    break
+                asked = keys if len(todo) == len(keys) else [keys[i] for i in todo]
+                if self.sink.needs_features:
+                    hit, got = cache.lookup(config, asked)
                     hit = np.asarray(hit, dtype=bool)
-                    self.extractor.check_cached_width(cache, name, feats if hit.any() else None)
-                    features[name] = (hit, feats)
+                    if hit.any():
+                        self.extractor.check_cached_width(cache, name, got)
+                        if feats is None:
+                            feats = np.empty((len(keys),) + got.shape[1:], dtype=got.dtype)
+                        feats[todo[hit]] = got
                 else:
-                    hit = np.asarray(cache.contains(config, keys), dtype=bool)
-                found |= hit
+                    hit = np.asarray(cache.contains(config, asked), dtype=bool)
+                found[todo[hit]] = True
             have &= found
-        served = [r for r, h in zip(rows, have) if h]
-        if served and self.sink.needs_features:
-            rows_feats = {}
-            for name, (hit, feats) in features.items():
-                # keep the rows found for every layer, in order
-                take = np.cumsum(hit) - 1
-                rows_feats[name] = feats[take[have]]
-            self.sink.served(served, rows_feats)
-        elif served:
-            self.sink.served(served, None)
+            features[name] = feats
+        if have.any():
+            served = [r for r, h in zip(rows, have) if h]
+            self.sink.served(served, {name: feats[have] for name, feats in features.items()}
+                             if self.sink.needs_features else None)
         return have
 
     # -- consume ------------------------------------------------------------------------
 
-    def consume(self, indices, batch, bad, decoded_keys) -> None:
+    def consume(self, rows: np.ndarray, batch, bad, decoded_keys) -> None:
         n_done = 0
         bad = list(bad)
         if batch is not None:
             feats = self.extractor.forward(batch)
-            rows = indices.numpy()
             finite = np.ones(len(rows), dtype=bool)
             for value in feats.values():
                 finite &= np.isfinite(value.reshape(len(rows), -1)).all(axis=1)
@@ -299,7 +303,26 @@ class _Plan:
         return len(pending.copies)
 
 
-def _unreadable_reason(source, name: str, max_pixels: int) -> str:
+def _hash_chunk(sources, rows: range, max_pixels: int) -> tuple[list, dict[int, str]]:
+    """Content keys of ``rows`` (None where unreadable), and why each unreadable row is."""
+    def key_of(row):
+        try:
+            return file_content_key(sources[row])
+        except (OSError, ValueError, TypeError):
+            return None
+
+    paths = all(isinstance(sources[r], (str, os.PathLike)) for r in rows)
+    if paths and len(rows) > 1:
+        with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:
+            keys = list(pool.map(key_of, rows))
+    else:
+        keys = [key_of(r) for r in rows]
+    unreadable = {row: _unreadable_reason(sources[row], max_pixels)
+                  for row, key in zip(rows, keys) if key is None}
+    return keys, unreadable
+
+
+def _unreadable_reason(source, max_pixels: int) -> str:
     """Why a source that could not even be hashed cannot be read (load_image's wording)."""
     try:
         load_image(source, max_pixels=max_pixels)
@@ -308,25 +331,14 @@ def _unreadable_reason(source, name: str, max_pixels: int) -> str:
     return "could not be read"
 
 
-def _ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C and SIGTERM to the main process.
-
-    A terminal sends SIGINT to the whole process group and Slurm sends SIGTERM to every
-    process of the job step; the main process stops after its batch and then shuts the workers
-    down, which it could not do cleanly if they had died first.
-    """
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def run_extraction(sources: Sequence, extractor, cache, sink, *, names=None,
-                   read_caches: Sequence = (), batch_size: int = 32, num_workers: int = 0,
-                   retry_failed: bool = False, chunk_size: int | None = None,
-                   progress: Progress | None = None,
+                   read_caches: Sequence = (), batch_size: int = 32,
+                   num_workers: int | None = None, retry_failed: bool = False,
+                   chunk_size: int | None = None, progress: Progress | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict:
     """Featurize ``sources`` into ``sink``, computing only what the caches lack.
+
+    :func:`run_extractions` with one :class:`Task`.
 
     Parameters
     ----------
@@ -338,18 +350,49 @@ def run_extraction(sources: Sequence, extractor, cache, sink, *, names=None,
         Read, and written with every computed batch and content failure.
     sink : CountingSink or ArraySink
         Receives the rows.
-    names : list of str, default=None
-        Printable names of the sources (default: :func:`describe_source`).
     read_caches : sequence of FeatureCache, default=()
         Further caches that count as done (read only; Dask workers read the target).
-    batch_size, num_workers
-        Of the DataLoader.
+    names, batch_size, num_workers, retry_failed, chunk_size, progress, should_stop
+        See :func:`run_extractions`.
+
+    Returns
+    -------
+    dict
+        ``stopped`` (bool) and ``seconds``.
+    """
+    return run_extractions(sources, [Task(extractor, cache, sink, tuple(read_caches))],
+                           names=names, batch_size=batch_size, num_workers=num_workers,
+                           retry_failed=retry_failed, chunk_size=chunk_size, progress=progress,
+                           should_stop=should_stop)
+
+
+def run_extractions(sources: Sequence, tasks: Sequence[Task], *, names=None,
+                    batch_size: int = 32, num_workers: int | None = None,
+                    retry_failed: bool = False, chunk_size: int | None = None,
+                    progress: Progress | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> dict:
+    """Featurize ``sources`` for every task in one pass: each image is read and decoded once.
+
+    Parameters
+    ----------
+    sources : sequence
+        Paths, bytes, PIL images or arrays (see :func:`featurize.decoding.load_image`).
+    tasks : sequence of Task
+        The models, each with its cache and sink. Each gets the rows its caches lack, resized
+        by its own preprocessing from the shared decode.
+    names : list of str, default=None
+        Printable names of the sources (default: :func:`describe_source`).
+    batch_size : int, default=32
+        Images per forward pass.
+    num_workers : int or None, default=None
+        Decode threads (0: decode in the calling thread; None:
+        :func:`featurize.data.default_decode_threads`). Never processes.
     retry_failed : bool, default=False
         Re-read inputs recorded as failed in the caches.
     chunk_size : int or None, default=None
         Inputs hashed and looked up at a time (None: all at once).
     progress : Progress or None
-        Receives ``advance(n)`` as inputs are dealt with.
+        Receives ``advance(n)`` as inputs are dealt with, once per task.
     should_stop : callable or None
         Polled after every batch; True stops after writing that batch.
 
@@ -358,37 +401,68 @@ def run_extraction(sources: Sequence, extractor, cache, sink, *, names=None,
     dict
         ``stopped`` (bool) and ``seconds``.
     """
-    from torch.utils.data import DataLoader
-
-    from featurize.data import ImageDataset, collate
-
     t0 = time.monotonic()
     sources = sources if isinstance(sources, list) else list(sources)
     names = names or [describe_source(s, i) for i, s in enumerate(sources)]
-    plan = _Plan(sources, names, extractor, cache, tuple(read_caches), sink, retry_failed,
-                 max(1, chunk_size or len(sources)), progress or Progress(),
-                 should_stop or (lambda: False))
-    if sources:
-        dataset = ImageDataset(sources, (), extractor.preprocessing, extractor.max_pixels,
-                               extractor.draft)
-        dataset.indices = range(len(sources))  # rows are addressed directly; O(1) memory
-        loader = DataLoader(
-            dataset, batch_size=batch_size, sampler=plan, num_workers=num_workers,
-            collate_fn=collate, pin_memory=extractor.device.type == "cuda",
-            prefetch_factor=2 if num_workers > 0 else None,
-            worker_init_fn=_ignore_stop_signals if num_workers > 0 else None,
-        )
-        for indices, batch, bad, keys in loader:
-            plan.consume(indices, batch, bad, keys)
-            if plan.should_stop():
-                plan.stopped = True
-                break
-    return {"stopped": plan.stopped, "seconds": time.monotonic() - t0}
+    progress = progress or Progress()
+    should_stop = should_stop or (lambda: False)
+    threads = (default_decode_threads(len(sources)) if num_workers is None
+               else int(num_workers))
+    groups: dict[int, list[Task]] = {}  # one decode serves the tasks of one size limit
+    for task in tasks:
+        groups.setdefault(int(task.extractor.max_pixels), []).append(task)
+    stopped = False
+    for max_pixels, group in groups.items():
+        plans = [_Plan(task, names, retry_failed, progress) for task in group]
+        stopped = _run_group(sources, plans, max_pixels, batch_size, threads,
+                             max(1, chunk_size or len(sources)), should_stop)
+        if stopped:
+            break
+    return {"stopped": stopped, "seconds": time.monotonic() - t0}
+
+
+def _run_group(sources, plans, max_pixels, batch_size, threads, chunk_size,
+               should_stop) -> bool:
+    """Plan, decode and consume ``sources`` a chunk at a time; True if stopped."""
+    decoder = Decoder(sources, [plan.extractor.preprocessing for plan in plans],
+                      [plan.extractor.draft for plan in plans], max_pixels)
+    pin = [plan.extractor.device.type == "cuda" for plan in plans]
+    window = max(2 * batch_size, 4 * threads)  # images decoded ahead of the forward pass
+    n = len(sources)
+    for start in range(0, n, chunk_size):
+        if should_stop():
+            return True
+        rows = range(start, min(n, start + chunk_size))
+        keys, unreadable = _hash_chunk(sources, rows, max_pixels)
+        wanted: dict[int, list[int]] = {}
+        for i, plan in enumerate(plans):
+            for row in plan.plan(rows, keys, unreadable):
+                wanted.setdefault(row, []).append(i)
+        if not wanted:
+            continue  # every row served from the cache: nothing to decode
+        buffers: list[list] = [[] for _ in plans]
+        good = [0] * len(plans)
+        work = ((row, tuple(parts)) for row, parts in sorted(wanted.items()))
+        for item in decode_in_threads(decoder, work, threads, window):
+            for i in wanted[item.row]:
+                buffers[i].append(item)
+                good[i] += item.tensors is not None
+                if good[i] >= batch_size:
+                    plans[i].consume(*collate(buffers[i], i, pin[i]))
+                    buffers[i], good[i] = [], 0
+                    if should_stop():
+                        return True
+        for i, buffer in enumerate(buffers):
+            if buffer:
+                plans[i].consume(*collate(buffer, i, pin[i]))
+                if should_stop():
+                    return True
+    return False
 
 
 def stream_extract(paths: Sequence[str], extractor, cache, *, read_caches: Sequence = (),
-                   batch_size: int = 32, num_workers: int = 0, retry_failed: bool = False,
-                   chunk_size: int = 1024, progress: Progress | None = None,
+                   batch_size: int = 32, num_workers: int | None = None,
+                   retry_failed: bool = False, chunk_size: int = 1024, progress: Progress | None = None,
                    on_failure: Callable[[str, str], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict:
     """Featurize files into a cache, holding no features: :func:`run_extraction` with a

@@ -31,10 +31,12 @@ __all__ = [
 POOLINGS = ("avg", "max", "avgmax", "gem", "flatten", "cls", "mean", "clsmean", "none")
 #: Poolings whose rows a cache can store (every one but ``none``).
 CACHED_POOLINGS = tuple(p for p in POOLINGS if p != "none")
-#: Forward-pass precisions; ``auto`` is resolved per device (bf16/fp16 on CUDA, fp32 elsewhere).
+#: Forward-pass precisions; ``auto`` is resolved per device and engine (bf16/fp16 on CUDA; bf16
+#: on a CPU that computes it natively, with OpenVINO; fp32 elsewhere; see
+#: :func:`featurize.extraction.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: Forward-pass engines (see :mod:`featurize.runtimes`).
-ENGINES = ("auto", "eager", "onnxruntime", "torchscript", "compile")
+ENGINES = ("auto", "eager", "onnxruntime", "openvino", "torchscript", "compile")
 #: Storage types of features in the cache.
 CACHE_DTYPES = ("float32", "float16")
 #: What an unreadable image does.

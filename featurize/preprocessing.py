@@ -2,7 +2,7 @@
 
 The work is split in two so that it runs where it is cheapest:
 
-* on the data-loader workers (CPU), :meth:`Preprocessing.to_uint8` resizes and crops a PIL image
+* in the decode threads (CPU), :meth:`Preprocessing.to_uint8` resizes and crops a PIL image
   and returns a ``uint8`` tensor of shape ``(3, crop, crop)`` (four times smaller to transfer
   than float32);
 * on the device, :meth:`Preprocessing.normalize` turns a ``uint8`` batch into normalized floats.

@@ -7,9 +7,17 @@ engine runs the same :class:`featurize.layers.TruncatedNet`:
     The reference: the truncated PyTorch module run as it is, autocast on CUDA.
 ``"onnxruntime"``
     The truncated network (uint8 input, normalization, layers, pooling) exported to ONNX
-    in memory and run by ONNX Runtime's CPU provider. The fastest engine on CPU by far
+    in memory and run by ONNX Runtime's CPU provider. The fastest fp32 engine on CPU
     (about 5-8x eager PyTorch for efficientnet_lite0 on a 2-core machine, see
     ``benchmarks/README.md``). Needs ``pip install "featurize[onnx]"``.
+``"openvino"``
+    The same exported ONNX graph, compiled by OpenVINO's CPU plugin in fp32 or bf16 (its
+    ``INFERENCE_PRECISION_HINT``), with torch's thread count and as many parallel streams
+    as OpenVINO finds best. In bf16 on a CPU that computes it natively (AMX or AVX-512 BF16,
+    :func:`featurize.hardware.cpu_has_native_bf16`) about 2-3x ONNX Runtime fp32. Part of
+    the default install where OpenVINO has a wheel (Linux, macOS and Windows on x86-64;
+    Linux and macOS on arm64). Safe to call from several threads at once: each call runs on
+    infer requests of its own.
 ``"torchscript"``
     The truncated network traced with ``torch.jit.trace`` and frozen (constant weights,
     conv-BN folding, dead code removed), channels_last. About 1.5-2x eager on CPU.
@@ -17,16 +25,20 @@ engine runs the same :class:`featurize.layers.TruncatedNet`:
     ``torch.compile`` of the truncated network. Opt-in only (minutes to compile on a small
     CPU machine).
 ``"auto"``
-    Decided by the configuration and the machine, never by the size of a call: on CPU in
-    fp32, ``"onnxruntime"`` when installed, else ``"torchscript"``; elsewhere (CUDA, MPS,
-    reduced precision) ``"eager"``, which already runs autocast and channels_last there.
+    Decided by the configuration and the machine, never by the size of a call
+    (:func:`auto_candidates`): on CPU in fp32, ``"onnxruntime"``, else ``"openvino"``, else
+    ``"torchscript"``; on CPU in bf16, ``"openvino"`` where the CPU computes bf16 natively;
+    elsewhere (CUDA, MPS, fp16, bf16 emulated) ``"eager"``, which runs autocast and
+    channels_last there.
 
-Every engine computes the same function as eager fp32 up to floating-point rounding (cosine
->= 0.999 is checked by ``tests/test_engine.py``). An ``"auto"`` engine is checked against
-eager on the first real batch it gets (preprocessed images, not noise): one that fails to
-build or disagrees is dropped for the next candidate (eager last). The engine is not part of
-the cache key: like a CPU and a GPU run of the same model, engines differ only by float
-rounding.
+In fp32 every engine computes the same function as eager fp32 up to floating-point rounding
+(cosine >= 0.999 is checked by ``tests/test_engine.py``), so the engine is not part of the
+cache key: like a CPU and a GPU run of the same model, engines differ only by float rounding.
+In reduced precision engines round differently (OpenVINO bf16 is not torch's bf16
+autocast): :func:`engine_numerics` names such an engine, and the cache key holds the name.
+An ``"auto"`` engine is checked against eager fp32 on real images (the first real batch, or
+the bundled sample images when its numerics decide the cache key before any batch):
+one that fails to build or disagrees is dropped for the next candidate (eager last).
 """
 
 from __future__ import annotations
@@ -35,7 +47,9 @@ import contextlib
 import copy
 import importlib.util
 import io
+import os
 import logging
+import queue
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,6 +59,7 @@ import torch
 from torch import nn
 
 from featurize.exceptions import BackboneError
+from featurize.hardware import cpu_has_native_bf16
 from featurize.layers import TruncatedNet
 from featurize.options import ENGINES
 from featurize.preprocessing import Preprocessing
@@ -53,17 +68,29 @@ __all__ = [
     "ENGINES",
     "Engine",
     "auto_candidates",
+    "auto_min_cosine",
     "available_engines",
     "build_engine",
+    "check_images",
+    "check_precision",
     "compare_features",
+    "engine_numerics",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: An ``"auto"`` engine whose features have a cosine below this against eager (on a check
-#: batch at build time) is not used.
+#: An ``"auto"`` engine whose features have a cosine below this against eager fp32 (on a
+#: check batch of real images) is not used. See :func:`auto_min_cosine` for bf16.
 AUTO_MIN_COSINE = 0.9999
+#: The same in bf16, whose 8-bit mantissa costs up to a hundredth of cosine: on the 120
+#: sample images OpenVINO bf16 against eager fp32 has a median of 0.998-0.9995 and a minimum
+#: of 0.995 (efficientnet_lite0) and 0.989 (lite2) (``benchmarks/README.md``).
+AUTO_MIN_COSINE_BF16 = 0.97
 _ONNX_OPSET = 17
+#: Engines that run on the CPU only.
+_CPU_ONLY = ("onnxruntime", "openvino")
+#: Precisions an engine computes (the others: fp32 only; compile: any, under autocast).
+_PRECISIONS = {"openvino": ("fp32", "bf16"), "compile": ("fp32", "bf16", "fp16")}
 
 
 def _has_module(name: str) -> bool:
@@ -86,20 +113,82 @@ def available_engines(device: torch.device | str = "cpu") -> list[str]:
     """
     device = torch.device(device)
     names = ["eager"]
-    if device.type == "cpu" and _has_module("onnxruntime") and _has_module("onnx"):
-        names.append("onnxruntime")
+    if device.type == "cpu" and _has_module("onnx"):  # both run the ONNX export
+        names += [name for name in _CPU_ONLY if _has_module(name)
+                  and not (name == "openvino" and _forked_after_openvino())]
     if device.type in ("cpu", "cuda"):
         names.append("torchscript")
     names.append("compile")
     return names
 
 
-def auto_candidates(device: torch.device, precision: str) -> list[str]:
-    """Engines ``"auto"`` tries, best first (the last one is always ``"eager"``)."""
-    if device.type != "cpu" or precision != "fp32":
+def auto_candidates(device: torch.device, precision: str, *,
+                    native_bf16: bool | None = None) -> list[str]:
+    """Engines ``"auto"`` tries, best first (the last one is always ``"eager"``).
+
+    Parameters
+    ----------
+    device : torch.device
+    precision : {"fp32", "bf16", "fp16"}
+        The resolved precision.
+    native_bf16 : bool or None, default=None
+        Whether the CPU computes bf16 natively; None detects it
+        (:func:`featurize.hardware.cpu_has_native_bf16`). Without it OpenVINO would run fp32
+        under a bf16 request, so bf16 stays with eager autocast (emulated, slow).
+
+    Returns
+    -------
+    list of str
+    """
+    if device.type != "cpu":
         return ["eager"]
-    return [name for name in ("onnxruntime", "torchscript") if name in available_engines(device)] \
-        + ["eager"]
+    if precision == "fp32":
+        order = ("onnxruntime", "openvino", "torchscript")
+    elif precision == "bf16" and (cpu_has_native_bf16() if native_bf16 is None
+                                  else native_bf16):
+        order = ("openvino",)
+    else:
+        order = ()
+    installed = available_engines(device)
+    return [name for name in order if name in installed] + ["eager"]
+
+
+def engine_numerics(name: str, precision: str) -> str | None:
+    """What the cache key says about an engine's rounding: None where it is eager's.
+
+    In fp32 every engine is eager up to float rounding (None). In reduced precision, torch's
+    autocast (eager, compile, CUDA) decides which ops run in bf16/fp16 (None, the keys of
+    earlier versions); OpenVINO decides otherwise (``"openvino"``), so its rows have keys of
+    their own. Its rows do not depend on the batch size or the thread count (bit for bit), but
+    do on the set of layers compiled together, which the key then also names
+    (:meth:`featurize.extraction.Extractor.layer_config`).
+    """
+    return "openvino" if name == "openvino" and precision != "fp32" else None
+
+
+def auto_min_cosine(precision: str) -> float:
+    """The agreement with eager fp32 that an ``"auto"`` engine must reach in ``precision``."""
+    return AUTO_MIN_COSINE if precision == "fp32" else AUTO_MIN_COSINE_BF16
+
+
+def check_images(preprocessing: Preprocessing, n: int = 2) -> torch.Tensor:
+    """``n`` real images (the bundled sample), preprocessed: a check batch before any job's.
+
+    Returns
+    -------
+    uint8 tensor of shape (n, 3, crop, crop)
+
+    Raises
+    ------
+    FileNotFoundError
+        The package was installed without its sample images.
+    """
+    from featurize.datasets import sample_images
+    from featurize.decoding import load_image
+
+    paths = sorted(sample_images().train.rglob("*.jpg"))
+    step = max(1, len(paths) // n)  # different classes
+    return torch.stack([preprocessing.to_uint8(load_image(path)) for path in paths[::step][:n]])
 
 
 class Engine:
@@ -195,6 +284,49 @@ class _OnnxRuntimeEngine(Engine):
             self._pool.shutdown(wait=False)
 
 
+class _OpenVinoEngine(Engine):
+    """An OpenVINO compiled model; a batch split in chunks run concurrently on its streams.
+
+    Each call takes infer requests of its own from a pool (a request runs one inference at a
+    time; a compiled model runs many), so threads can call the engine concurrently. The
+    chunks of a batch (up to 4 per stream, of at least 4 images) run in parallel on
+    OpenVINO's streams (``PERFORMANCE_HINT`` ``THROUGHPUT``): on 2 cores 2 streams of 1
+    thread are 1.1-1.3x one stream of 2 threads (for the reason given in
+    :class:`_OnnxRuntimeEngine`), and 8 chunks of 4 images 1.1-1.15x 2 chunks of 16
+    (``benchmarks/README.md``). Rows do not depend on the split (bit for bit).
+    """
+
+    name = "openvino"
+
+    def __init__(self, compiled, layers: Sequence[str], precision: str):
+        super().__init__(layers)
+        self.compiled = compiled
+        self.precision = precision
+        self.streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _request(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self.compiled.create_infer_request()
+
+    def run(self, batch: torch.Tensor) -> tuple:
+        array = np.ascontiguousarray(batch.cpu().numpy())
+        chunks = np.array_split(array, max(1, min(len(array) // 4, 4 * self.streams)))
+        requests = [self._request() for _ in chunks]
+        for request, chunk in zip(requests, chunks):
+            request.start_async({0: chunk})
+        for request in requests:
+            request.wait()
+        # concatenate copies out of the requests' buffers before they are reused
+        outputs = tuple(np.concatenate([r.get_output_tensor(i).data for r in requests])
+                        for i in range(len(self.layers)))
+        for request in requests:  # only requests that finished go back (not after an error)
+            self._idle.put(request)
+        return outputs
+
+
 @contextlib.contextmanager
 def _quiet():
     """Silence the tracer's and exporters' warnings (TracerWarning, deprecations)."""
@@ -216,15 +348,9 @@ def _build_torchscript(net: TruncatedNet, example: torch.Tensor, device: torch.d
     return _TorchEngine("torchscript", frozen, net.layers, device)
 
 
-def _build_onnxruntime(net: TruncatedNet, example: torch.Tensor, threads: int | None):
-    if not (_has_module("onnxruntime") and _has_module("onnx")):
-        raise BackboneError(
-            "engine='onnxruntime' needs the onnxruntime and onnx packages, which are not"
-            " installed. Install them with: pip install 'featurize[onnx]' (or use"
-            " engine='auto', which picks the best engine installed)."
-        )
-    import onnxruntime as ort
-
+def _export_onnx(net: TruncatedNet, example: torch.Tensor) -> bytes:
+    """The truncated network as an ONNX graph (uint8 ``images`` in, ``out0``... out, any
+    batch size): what the ONNX Runtime and OpenVINO engines run."""
     names = [f"out{i}" for i in range(len(net.layers))]
     buffer = io.BytesIO()
     with _quiet(), torch.no_grad():
@@ -233,6 +359,21 @@ def _build_onnxruntime(net: TruncatedNet, example: torch.Tensor, threads: int | 
             output_names=names, opset_version=_ONNX_OPSET, do_constant_folding=True,
             dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
         )
+    return buffer.getvalue()
+
+
+def _missing(name: str, install: str) -> BackboneError:
+    return BackboneError(
+        f"engine={name!r} needs the {name} and onnx packages, which are not installed. Install"
+        f" them with: {install} (or use engine='auto', which picks the best engine installed).")
+
+
+def _build_onnxruntime(net: TruncatedNet, example: torch.Tensor, threads: int | None):
+    if not (_has_module("onnxruntime") and _has_module("onnx")):
+        raise _missing("onnxruntime", "pip install 'featurize[onnx]'")
+    import onnxruntime as ort
+
+    graph = _export_onnx(net, example)
     threads = threads or torch.get_num_threads()
     # Up to 4 concurrent chunks, the remaining threads inside each (2 cores: 2 x 1 thread).
     parallel = max(1, min(threads, 4))
@@ -244,9 +385,50 @@ def _build_onnxruntime(net: TruncatedNet, example: torch.Tensor, threads: int | 
     # Idle pool threads spinning would steal the CPU from the data-loader workers.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    session = ort.InferenceSession(buffer.getvalue(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
     return _OnnxRuntimeEngine(session, net.layers, parallel)
+
+
+#: The process that started OpenVINO's runtime (its TBB thread pool), if one did.
+_OPENVINO_PID: int | None = None
+
+
+def _forked_after_openvino() -> bool:
+    """True in a child forked from a process that ran OpenVINO: OpenVINO's thread pool does
+    not survive ``fork`` and any OpenVINO call there hangs (seen with 2026.4), so such a child
+    (a ``multiprocessing`` pool under the ``fork`` start method) uses another engine."""
+    return _OPENVINO_PID is not None and _OPENVINO_PID != os.getpid()
+
+
+def _build_openvino(net: TruncatedNet, example: torch.Tensor, threads: int | None,
+                    precision: str):
+    global _OPENVINO_PID
+    if not (_has_module("openvino") and _has_module("onnx")):
+        raise _missing("openvino", "pip install openvino onnx")
+    if _forked_after_openvino():
+        raise BackboneError(
+            f"OpenVINO cannot run in this process: it was forked from process {_OPENVINO_PID},"
+            " which had started OpenVINO, and OpenVINO hangs after fork. Use the 'spawn' or"
+            " 'forkserver' start method, or engine='onnxruntime'.")
+    _OPENVINO_PID = os.getpid()
+    import openvino as ov
+    import openvino.properties as props
+    import openvino.properties.hint as hints
+
+    wanted = {"fp32": ov.Type.f32, "bf16": ov.Type.bf16}[precision]
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(_export_onnx(net, example)), "CPU", {
+        # explicit in fp32 too: OpenVINO's default on a CPU with AMX is bf16
+        hints.inference_precision: wanted,
+        props.inference_num_threads: threads or torch.get_num_threads(),
+        hints.performance_mode: hints.PerformanceMode.THROUGHPUT,
+    })
+    got = compiled.get_property(hints.inference_precision)
+    if got != wanted:  # a hint: without bf16 instructions OpenVINO computes f32 instead
+        raise BackboneError(
+            f"OpenVINO computes this network in {got} on this CPU, not {precision}: the CPU"
+            " has no native bf16 (AMX or AVX-512 BF16). Use precision='fp32' (or 'auto').")
+    return _OpenVinoEngine(compiled, net.layers, precision)
 
 
 def _build_compile(net: TruncatedNet, device: torch.device, autocast_dtype):
@@ -262,7 +444,7 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
 
     Parameters
     ----------
-    name : {"onnxruntime", "torchscript", "compile"}
+    name : {"onnxruntime", "openvino", "torchscript", "compile"}
     model : torch.nn.Module
         The full network in eval mode (not modified).
     layers : list of str
@@ -273,12 +455,12 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
     pooling : str
     device : torch.device or str, default="cpu"
     precision : {"fp32", "bf16", "fp16"}, default="fp32"
-        Only ``"compile"`` runs reduced precision (under autocast); the traced engines are
-        fp32 only.
+        ``"openvino"`` runs fp32 or bf16 (natively only: see :func:`auto_candidates`),
+        ``"compile"`` any precision (under autocast); the other engines fp32 only.
     channels_last : bool, default=True
         Memory format of the traced network (torchscript and compile).
     threads : int or None, default=None
-        Intra-op threads of ONNX Runtime; None follows ``torch.get_num_threads()``.
+        Threads of ONNX Runtime and OpenVINO; None follows ``torch.get_num_threads()``.
     warmup : int, default=1
         Forward passes on a 2-image batch after building (a graph that cannot take another
         batch size fails here).
@@ -295,17 +477,15 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
     """
     device = torch.device(device)
     if name not in ENGINES or name in ("auto", "eager"):
-        raise BackboneError(f"build_engine() builds 'onnxruntime', 'torchscript' or 'compile';"
-                            f" got {name!r}.")
-    if precision != "fp32" and name != "compile":
-        raise BackboneError(f"engine={name!r} runs in fp32 only; got precision={precision!r}."
-                            " Use engine='eager' (autocast) or precision='fp32'.")
-    if name == "onnxruntime" and device.type != "cpu":
-        raise BackboneError("engine='onnxruntime' runs on the CPU only; use engine='auto' or"
+        raise BackboneError(f"build_engine() builds 'onnxruntime', 'openvino', 'torchscript' or"
+                            f" 'compile'; got {name!r}.")
+    check_precision(name, precision)
+    if name in _CPU_ONLY and device.type != "cpu":
+        raise BackboneError(f"engine={name!r} runs on the CPU only; use engine='auto' or"
                             " 'eager' on a GPU.")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     start = time.perf_counter()
-    channels_last = channels_last and name != "onnxruntime"
+    channels_last = channels_last and name not in _CPU_ONLY  # an exported graph: NCHW
     copy_ = copy.deepcopy(model).eval()  # the caller's (shared) model keeps its memory format
     if channels_last:
         copy_ = copy_.to(memory_format=torch.channels_last)
@@ -319,6 +499,8 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
             engine = _build_torchscript(net, example, device)
         elif name == "onnxruntime":
             engine = _build_onnxruntime(net, example, threads)
+        elif name == "openvino":
+            engine = _build_openvino(net, example, threads, precision)
         else:
             engine = _build_compile(net, device, autocast_dtype)
         check = _example(preprocessing.crop_size, device, n=2)
@@ -330,8 +512,17 @@ def build_engine(name: str, model: nn.Module, layers: Sequence[str], penultimate
         raise BackboneError(f"Cannot build the {name!r} engine for this network:"
                             f" {type(exc).__name__}: {exc}") from exc
     engine.build_seconds = time.perf_counter() - start
-    logger.info("Built the %s engine in %.1f s.", name, engine.build_seconds)
+    logger.info("Built the %s engine (%s) in %.1f s.", name, precision, engine.build_seconds)
     return engine
+
+
+def check_precision(name: str, precision: str) -> None:
+    """Raise BackboneError if engine ``name`` cannot run ``precision`` at all."""
+    allowed = _PRECISIONS.get(name, ("fp32",))
+    if name not in ("auto", "eager") and precision not in allowed:
+        raise BackboneError(
+            f"engine={name!r} runs in {' or '.join(allowed)} only; got precision={precision!r}."
+            " Use engine='auto' or 'eager' (autocast), or another precision.")
 
 
 def compare_features(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[float, float]:

@@ -5,26 +5,37 @@ comes from its own pretrained configuration (``timm.data.resolve_data_config``);
 its modules (for ViTs the transformer blocks ``blocks.0`` ... output token sequences, pooled
 with ``cls``, ``mean`` or ``clsmean``), and ``penultimate`` is the input of its classifier: the
 pre-logits embedding. Weights come from a local file (``.safetensors``, loaded without pickle,
-or a ``.pth`` state dict loaded with ``weights_only=True``), from the Hugging Face hub cache or
-timm's cache when present (``"DEFAULT"``; featurize never downloads unless asked:
+or a ``.pth`` state dict loaded with ``weights_only=True``), from the Hugging Face hub cache,
+or the torch hub cache for the few weights timm fetches from a plain URL, when present
+(``"DEFAULT"`` or a pretrained tag; featurize never downloads unless asked:
 ``featurize download timm:<name>``), or a deterministic random initialisation (None). The timm
 version is part of every cache key.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
 
 import torch
 
+from featurize.checkpoints import (
+    Backbone,
+    apply_state,
+    checkpoint_sha256,
+    close_matches,
+    is_weights_path,
+    load_checkpoint,
+    random_init,
+)
 from featurize.exceptions import BackboneError, WeightsNotFoundError
+from featurize.preprocessing import Preprocessing
 
 PREFIX = "timm:"
 
-__all__ = ["PREFIX", "is_timm", "load_timm", "timm_version"]
+__all__ = ["PREFIX", "hub_filenames", "is_timm", "load_timm", "pretrained_cfg", "timm_version",
+           "url_weights_file"]
 
 
 def is_timm(name) -> bool:
@@ -46,29 +57,78 @@ def timm_version() -> str:
     return _timm().__version__
 
 
-@contextlib.contextmanager
-def _offline(allow_download: bool):
-    """The Hugging Face hub offline (no request, no wait) unless a download was asked for."""
-    if allow_download:
-        yield
-        return
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        import huggingface_hub.constants as constants
+def pretrained_cfg(name: str, weights) -> tuple[str, object]:
+    """``(model name with tag, timm's pretrained configuration)`` of ``timm:<model>`` with the
+    pretrained tag ``weights`` (``"DEFAULT"``: timm's default tag).
 
-        saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
-    except (ImportError, AttributeError):
-        constants, saved = None, None
+    Raises
+    ------
+    BackboneError
+        timm has no such model, or no such pretrained weights for it (the valid tags listed).
+    """
+    timm = _timm()
+    arch = _arch(name)
+    tag = None if str(weights).upper() == "DEFAULT" else str(weights)
+    full = arch if tag is None else f"{arch}.{tag}"
     try:
-        yield
-    finally:
-        if constants is not None:
-            constants.HF_HUB_OFFLINE = saved
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+        cfg = timm.models.get_pretrained_cfg(full)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        tags = sorted(n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*"))
+        raise BackboneError(
+            f"Unknown weights {weights!r} for timm:{arch}. Expected 'DEFAULT' or one of its "
+            f"pretrained tags {tags} (timm {timm.__version__}), a weights file, or None.")
+    return full, cfg
+
+
+def _arch(name: str) -> str:
+    """The timm model name of ``timm:<model>``; BackboneError with close names if unknown."""
+    timm = _timm()
+    arch = name[len(PREFIX):] if is_timm(name) else name
+    if arch not in timm.list_models():
+        raise BackboneError(f"timm has no model {arch!r} (timm {timm.__version__}); close names: "
+                            f"{close_matches(arch, timm.list_models())}.")
+    return arch
+
+
+def hub_filenames(cfg) -> list[str]:
+    """The files of a Hugging Face hub repository that hold the weights, in the order timm's
+    ``load_state_dict_from_hf`` tries them (a safetensors alternative first)."""
+    name = cfg.hf_hub_filename or "pytorch_model.bin"
+    if name.endswith(".safetensors"):
+        return [name]
+    safe = {"pytorch_model.bin": "model.safetensors",
+            "open_clip_pytorch_model.bin": "open_clip_model.safetensors"}.get(name)
+    if safe is None and name.endswith(".bin"):
+        safe = name[:-4] + ".safetensors"
+    return [n for n in (safe, name) if n]
+
+
+def url_weights_file(url: str):
+    """Where torch (and timm) keep the file of weights downloaded from a plain ``url``."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlsplit(url).path)
+
+
+def _cached_weights(cfg) -> str | None:
+    """The local file of a pretrained configuration's weights, found without any request:
+    the Hugging Face hub cache, then the torch hub cache of a plain URL. None if neither."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        for filename in hub_filenames(cfg):
+            found = try_to_load_from_cache(repo, filename, revision=revision or None)
+            if isinstance(found, str):
+                return found
+    if cfg.url:
+        path = url_weights_file(cfg.url)
+        if path.is_file():
+            return str(path)
+    return None
 
 
 def state_sha256(state: dict) -> str:
@@ -78,13 +138,12 @@ def state_sha256(state: dict) -> str:
         tensor = state[key].detach().cpu().contiguous()
         digest.update(key.encode())
         digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+                      if tensor.numel() else b"")  # 0-d tensors too (num_batches_tracked)
     return digest.hexdigest()
 
 
 def _read_weights(path) -> tuple[dict, str]:
-    from featurize.backbones import _load_checkpoint, checkpoint_sha256
-
     path = os.fspath(path)
     if path.endswith(".safetensors"):
         if not os.path.isfile(path):
@@ -92,12 +151,10 @@ def _read_weights(path) -> tuple[dict, str]:
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu"), checkpoint_sha256(path)
-    return _load_checkpoint(path)
+    return load_checkpoint(path)
 
 
 def _preprocessing(model):
-    from featurize.preprocessing import Preprocessing
-
     cfg = _timm().data.resolve_data_config({}, model=model)
     size = int(cfg["input_size"][-1])
     crop_pct = float(cfg.get("crop_pct") or 0.875)
@@ -114,44 +171,51 @@ def _with_classifier(model):
     linear one (never used, seeded), so that ``penultimate`` is its input: the pre-logits
     embedding, as for every other backbone."""
     if getattr(model, "num_classes", None) == 0 and hasattr(model, "reset_classifier"):
-        from featurize.backbones import _random_init
-
-        _random_init(lambda: model.reset_classifier(1))
+        random_init(lambda: model.reset_classifier(1))
     return model.eval()
 
 
-def load_timm(name: str, weights, allow_download: bool = False):
-    """Build ``timm:<model>`` with ``weights`` (see the module docstring); a ``Backbone``."""
-    from featurize.backbones import Backbone, _apply_state, _close_matches, _is_path, _random_init
+def load_timm(name: str, weights):
+    """Build ``timm:<model>`` with ``weights`` (see the module docstring); a ``Backbone``.
 
+    Pretrained weights are read from a file found in the caches beforehand (no request, no
+    process-wide offline switch: safe in threads); timm is handed that file, so it never
+    downloads.
+    """
     timm = _timm()
-    arch = name[len(PREFIX):]
-    if arch not in timm.list_models():
-        raise BackboneError(f"timm has no model {arch!r} (timm {timm.__version__}); close names: "
-                            f"{_close_matches(arch, timm.list_models())}.")
+    arch = _arch(name)
     library = f"timm {timm.__version__}"
     if weights is None:
-        model = _random_init(lambda: timm.create_model(arch, pretrained=False))
+        model = random_init(lambda: timm.create_model(arch, pretrained=False))
         return Backbone(name, _with_classifier(model), _preprocessing(model), None, None,
                         library)
-    if _is_path(weights) or str(weights).endswith(".safetensors"):
+    if is_weights_path(weights) or str(weights).endswith(".safetensors"):
         state, sha = _read_weights(weights)
         model = timm.create_model(arch, pretrained=False)
-        _apply_state(model, state, f"weights file {os.fspath(weights)!r}")
+        apply_state(model, state, f"weights file {os.fspath(weights)!r}")
         return Backbone(name, _with_classifier(model), _preprocessing(model), os.fspath(weights),
                         sha, library)
-    tag = None if str(weights).upper() == "DEFAULT" else str(weights)
-    full = arch if tag is None else f"{arch}.{tag}"
-    try:
-        with _offline(allow_download):
-            model = timm.create_model(full, pretrained=True)
-    except Exception as exc:  # hub/timm raise several types for "not in the cache"
+    full, cfg = pretrained_cfg(name, weights)
+    path = _cached_weights(cfg)
+    if path is None:
+        from huggingface_hub import constants
+
+        where = (f"the Hugging Face hub cache ({constants.HF_HUB_CACHE})" if cfg.hf_hub_id
+                 else f"the torch hub cache ({url_weights_file(cfg.url)})")
         raise WeightsNotFoundError(
-            f"The pretrained weights of timm model {full!r} are not in the Hugging Face hub "
-            f"cache ({os.environ.get('HF_HOME', '~/.cache/huggingface')}) nor in timm's cache, "
-            f"and featurize does not download implicitly ({type(exc).__name__}: {exc}). Run "
-            f"`featurize download {name}` (on a machine with a network; copy the cache here), "
-            "or pass weights='/path/to/model.safetensors'.") from exc
+            f"The pretrained weights of timm model {full!r} are not in {where}, and featurize "
+            f"does not download implicitly. Run `featurize download {name}"
+            f"{'' if str(weights).upper() == 'DEFAULT' else f' --weights {weights}'}` (on a "
+            "machine with a network; copy the cache here), or pass "
+            "weights='/path/to/model.safetensors'.")
+    try:
+        # "file" is timm's own highest-priority source: it loads and adapts it as usual
+        model = timm.create_model(full, pretrained=True,
+                                  pretrained_cfg_overlay={"file": path, "source": ""})
+    except (RuntimeError, ValueError, OSError, KeyError) as exc:
+        raise BackboneError(f"The cached weights {path!r} of timm model {full!r} do not load "
+                            f"({type(exc).__name__}: {exc}); delete the file and run "
+                            f"`featurize download {name}` again.") from exc
     sha = state_sha256(model.state_dict())
     return Backbone(name, _with_classifier(model), _preprocessing(model), str(weights), sha,
                     library)

@@ -6,9 +6,19 @@ import argparse
 import os
 import time
 
-from pipelines.classify_common import add_runtime_args
+import numpy as np
+
+from pipelines.arguments import (
+    add_runtime_args,
+    input_folder,
+    output_file,
+    report_failed,
+    runtime_options,
+)
 
 NAME = "compare"
+#: Below this McNemar p-value the verdict names a winner.
+ALPHA = 0.05
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,64 +27,127 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         NAME, help="train features + heads and a fine-tuned network; score both on TEST_DIR",
         description="Answer 'would fine-tuning have done better?': `featurize train` and "
                     "`featurize finetune`, both with their defaults, on DATA_DIR, then both "
-                    "scored on TEST_DIR, with the time each took.")
-    parser.add_argument("data_dir", metavar="DATA_DIR")
-    parser.add_argument("--test", required=True, metavar="TEST_DIR")
+                    "scored on TEST_DIR, with the time each took, the number of test images "
+                    "on which they differ and McNemar's exact test of the difference.")
+    parser.add_argument("data_dir", metavar="DATA_DIR", type=input_folder,
+                        help="training folder with one sub-folder per class")
+    parser.add_argument("--test", required=True, metavar="TEST_DIR", type=input_folder,
+                        help="test folder with the same classes (required)")
     parser.add_argument("--out-dir", default="compare", metavar="DIR",
                         help="where the two models go (default ./compare)")
-    parser.add_argument("--report", default=None, metavar="HTML",
+    parser.add_argument("--report", default=None, metavar="HTML", type=output_file,
                         help="also write the HTML report of the features + heads model, with "
-                             "the comparison at its top (see `featurize report`)")
+                             "the comparison at its top (see `featurize report`; default: "
+                             "none)")
     add_runtime_args(parser)
     parser.set_defaults(func=run)
 
 
+def paired_comparison(y_true, pred_a, pred_b) -> dict:
+    """How two classifiers differ on the same test images, and whether it is more than chance.
+
+    Parameters
+    ----------
+    y_true, pred_a, pred_b : array-like of shape (n_images,)
+        True and predicted labels of the same images.
+
+    Returns
+    -------
+    dict
+        ``n``: images; ``disagree``: images the two predict differently; ``only_a`` /
+        ``only_b``: images only model a / only model b gets right; ``p_value``: McNemar's
+        exact test (two-sided binomial test of ``only_a`` among ``only_a + only_b`` against
+        1/2), 1.0 when no image separates them.
+    """
+    from scipy.stats import binomtest
+
+    y_true, pred_a, pred_b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    right_a, right_b = pred_a == y_true, pred_b == y_true
+    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"n": int(len(y_true)), "disagree": int(np.sum(pred_a != pred_b)),
+            "only_a": only_a, "only_b": only_b, "p_value": float(p_value)}
+
+
+def verdict(rows, paired: dict) -> str:
+    """Which to use, with its uncertainty. ``rows``: (name, balanced accuracy, accuracy,
+    seconds, ...) of the two models; ``paired``: :func:`paired_comparison` of the two in that
+    order."""
+    (a, bal_a, _, sec_a, *_), (b, bal_b, _, sec_b, *_) = rows
+    evidence = (f"they predict differently on {paired['disagree']} of {paired['n']} test "
+                f"images; {paired['only_a']} are right only with {a}, {paired['only_b']} only "
+                f"with {b} (McNemar exact test p = {paired['p_value']:.3g})")
+    if paired["p_value"] >= ALPHA or bal_a == bal_b:
+        faster = a if sec_a <= sec_b else b
+        return (f"No significant difference ({100 * (bal_b - bal_a):+.1f} points of balanced "
+                f"accuracy for {b}; {evidence}): use {faster}, the faster one to train.")
+    best, worst = (a, b) if bal_a > bal_b else (b, a)
+    return (f"Use {best}: {100 * abs(bal_a - bal_b):+.1f} points of balanced accuracy over "
+            f"{worst}; {evidence}.")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Train both, score both, say which to use; returns 0."""
+    """Train both, score both, say which to use; returns 0, or 3 when some files were left
+    out."""
+    from functools import partial
+
     from classify import load_model
+    from classify.splits import plan_folds
+    from classify.training import train_folder
     from featurize.finetune import finetune
     from featurize.progress import log_to_stderr
-    from pipelines.cli import build_parser
-    from pipelines.cmd_evaluate import evaluate_model
 
     os.makedirs(args.out_dir, exist_ok=True)
     model_path = os.path.join(args.out_dir, "features.joblib")
     ckpt = os.path.join(args.out_dir, "finetuned.pt")
-    cache = args.cache or os.path.join(args.out_dir, "features.h5")
-    runtime = ["--device", args.device, "--batch-size", str(args.batch_size)] + (
-        ["--num-workers", str(args.num_workers)] if args.num_workers is not None else [])
-    start = time.perf_counter()
-    sub = build_parser().parse_args(["train", args.data_dir, "--out", model_path, "--cache",
-                                     cache, *runtime])
-    sub.func(sub)
-    train_s = time.perf_counter() - start
-    start = time.perf_counter()
-    with log_to_stderr(["featurize.progress"]):
-        finetune(args.data_dir, ckpt, device=args.device, num_workers=args.num_workers)
-    finetune_s = time.perf_counter() - start
-    rows = []
-    for name, path, seconds in (("features + heads", model_path, train_s),
-                                ("fine-tuning", ckpt, finetune_s)):
-        scores = evaluate_model(load_model(path), args.test, args)["scores"]
-        rows.append((name, scores["balanced_accuracy"], scores["accuracy"], seconds, path))
+    runtime = runtime_options(args) | {
+        "cache": args.cache or os.path.join(args.out_dir, "features.h5")}
+    with log_to_stderr(["featurize.progress", "featurize.finetune"]):
+        start = time.perf_counter()
+        model = train_folder(args.data_dir, **runtime)
+        model.save(model_path)
+        train_s = time.perf_counter() - start
+        start = time.perf_counter()
+        tuned = finetune(args.data_dir, ckpt, device=args.device, num_workers=args.workers,
+                         check_labels=partial(plan_folds, small_classes="error"))
+        finetune_s = time.perf_counter() - start
+        evaluations = [load_model(path).evaluate(args.test, **runtime)
+                       for path in (model_path, ckpt)]
+    # the files left out of training (the same for both) and of the test folder
+    code = max(report_failed(tuned.failed, len(tuned.paths) + len(tuned.skipped),
+                             where=" of the training folder"),
+               report_failed(evaluations[0].failed, evaluations[0].n_images
+                             + len(evaluations[0].skipped), where=" of the test folder"))
+    rows = [(name, e.scores["balanced_accuracy"], e.scores["accuracy"], seconds, path)
+            for (name, path, seconds), e in zip(
+                (("features + heads", model_path, train_s), ("fine-tuning", ckpt, finetune_s)),
+                evaluations)]
+    paired = paired_comparison(*_common_rows(*evaluations))
     print(f"\nOn {args.test}:")
     print(f"{'method':<18}{'balanced acc.':>14}{'accuracy':>10}{'time':>9}  model")
     for name, bal, acc, seconds, path in rows:
         print(f"{name:<18}{bal:>14.4f}{acc:>10.4f}{seconds:>8.0f}s  {path}")
-    (a, bal_a, *_), (b, bal_b, *_) = sorted(rows, key=lambda r: -r[1])
-    verdict = (f"Use {a}: {100 * (bal_a - bal_b):+.1f} points of balanced accuracy over {b}."
-               if bal_a > bal_b else "Both score the same; features + heads is the cheaper one.")
-    print(f"\n{verdict}")
+    text = verdict(rows, paired)
+    print(f"\n{text}")
     if args.report:
         import html
 
         table = "".join(f"<tr><th>{html.escape(name)}</th><td>{bal:.4f}</td><td>{acc:.4f}</td>"
                         f"<td>{seconds:.0f} s</td></tr>" for name, bal, acc, seconds, _ in rows)
         extra = {"Features + heads or fine-tuning?": (
-            f"<p><b>{html.escape(verdict)}</b> (test folder {html.escape(str(args.test))})</p>"
+            f"<p><b>{html.escape(text)}</b> (test folder {html.escape(str(args.test))})</p>"
             "<table><thead><tr><th>method</th><th>balanced accuracy</th><th>accuracy</th>"
             f"<th>time</th></tr></thead><tbody>{table}</tbody></table>")}
-        load_model(model_path).report(args.data_dir, args.test, out=args.report, extra=extra,
-                                      cache=cache, device=args.device)
+        model.report(args.data_dir, args.test, out=args.report, extra=extra, **runtime)
         print(f"Wrote {args.report}")
-    return 0
+    return code
+
+
+def _common_rows(a, b):
+    """True classes and both predictions on the test images both models could read (two
+    :class:`classify.folders.Evaluation` of the same folder)."""
+    both = np.intersect1d(a.ok, b.ok)
+    pred_a = dict(zip(a.ok.tolist(), a.predicted))
+    pred_b = dict(zip(b.ok.tolist(), b.predicted))
+    return (a.labels[both], [pred_a[row] for row in both.tolist()],
+            [pred_b[row] for row in both.tolist()])

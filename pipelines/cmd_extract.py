@@ -17,7 +17,13 @@ from collections.abc import Iterator
 
 from featurize.options import CACHE_DTYPES, CACHED_POOLINGS, ENGINES, PRECISIONS
 from featurize.progress import PROGRESS_MODES, log_to_stderr, make_progress
-from pipelines.cli import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE
+from pipelines.arguments import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Items,
+    add_format_arg,
+    exit_code,
+)
 from pipelines.config import build_spec, load_job_file, parse_resources
 from pipelines.jobs import run_job
 from pipelines.spec import JobConfigError, parse_shard
@@ -68,21 +74,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     inputs.add_argument("--list", action="append", dest="lists", metavar="FILE",
                         help="a file listing image paths: one per line, or CSV/TSV with a "
                              "header (see --column); relative paths are relative to the list "
-                             "file's folder; '-' reads standard input (repeatable)")
+                             "file's folder; '-' reads standard input (repeatable; default: "
+                             "none)")
     inputs.add_argument("--column", metavar="NAME",
                         help="CSV column holding the paths (default 'path'; implies CSV)")
     inputs.add_argument("--config", metavar="TOML",
-                        help="read the job from a TOML file; command-line options override it")
+                        help="read the job from a TOML file; command-line options override it "
+                             "(default: none)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", metavar="NAME",
                        help="backbone (default efficientnet_lite0; see `featurize backbones`)")
     model.add_argument("--weights", metavar="W",
                        help="DEFAULT, a weights name, a checkpoint path, or 'none' (random "
                             "init); default DEFAULT")
-    model.add_argument("--layer", action="append", dest="layers", metavar="NAME",
-                       help="layer to read (repeatable; default the penultimate embedding; "
-                            "see `featurize layers BACKBONE`)")
-    model.add_argument("--pooling", choices=CACHED_POOLINGS, help="default avg")
+    model.add_argument("--layer", "--layers", action=Items, dest="layers", metavar="NAME",
+                       help="layer to read (repeat the option or separate names with commas; "
+                            "default the penultimate embedding; see `featurize layers "
+                            "BACKBONE`)")
+    model.add_argument("--pooling", "--poolings", action=Items, max_items=1,
+                       choices=CACHED_POOLINGS, metavar="P",
+                       help=f"pooling of every layer (default avg; one of "
+                            f"{', '.join(CACHED_POOLINGS)})")
     model.add_argument("--precision", choices=PRECISIONS,
                        help="forward-pass precision (default auto: mixed on CUDA, fp32 on CPU)")
     model.add_argument("--device", metavar="D", help="auto, cpu, cuda, cuda:N, mps (default auto)")
@@ -90,20 +102,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="how the forward pass runs (default auto: ONNX Runtime or "
                             "TorchScript on CPU for jobs of 128 images or more, else eager)")
     run = parser.add_argument_group("job")
-    run.add_argument("--cache", metavar="FILE", help="the HDF5 feature cache to fill (required)")
+    run.add_argument("--cache", metavar="FILE",
+                     help="the HDF5 feature cache to fill (required, on the command line or in "
+                          "the job file; no default)")
     run.add_argument("--dtype", choices=CACHE_DTYPES,
                      help="storage type of the features (default float32)")
     run.add_argument("--batch-size", type=int, metavar="N", help="images per forward pass "
                                                                   "(default 32)")
-    run.add_argument("--workers", type=int, metavar="N",
-                     help="data-loader processes decoding images (default: automatic)")
+    run.add_argument("--workers", "--num-workers", dest="workers", type=int, metavar="N",
+                     help="threads decoding images (default: one per core, at most 8)")
     run.add_argument("--chunk-size", type=int, metavar="N",
                      help="files hashed and looked up in the cache at a time (default 1024)")
     run.add_argument("--shard", type=_shard, metavar="I/N",
                      help="process only shard I of N (a stable hash of each path); writes "
-                          "CACHE_STEM.shard-I-of-N.h5 beside --cache")
+                          "CACHE_STEM.shard-I-of-N.h5 beside --cache (default: every input)")
     run.add_argument("--failures", metavar="CSV",
-                     help="write the files that could not be featurized (path,reason)")
+                     help="write the files that could not be featurized (path,reason) (default: "
+                          "the first are listed on stderr only)")
     run.add_argument("--single-writer", action=argparse.BooleanOptionalAction, default=None,
                      help="no other process writes the cache: needed on a file system that "
                      "cannot lock files (some network mounts)")
@@ -113,22 +128,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     dask = parser.add_argument_group("Dask")
     dask.add_argument("--scheduler", metavar="ADDRESS",
                       help="run on Dask: local[:N] (a local cluster of N processes), "
-                           "tcp://HOST:PORT, or a scheduler JSON file")
+                           "tcp://HOST:PORT, or a scheduler JSON file (default: no Dask, this "
+                           "process)")
     dask.add_argument("--partition-size", type=int, metavar="N",
                       help="images per Dask task (default 128)")
     dask.add_argument("--resources", type=_resources, metavar="NAME=N",
-                      help="worker resources each task needs, e.g. GPU=1")
+                      help="worker resources each task needs, e.g. GPU=1 (default: none)")
     dask.add_argument("--parts-dir", metavar="DIR",
                       help="folder of the workers' part files (default CACHE.parts)")
     out = parser.add_argument_group("output")
     out.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
-                     help="auto: a progress bar on a terminal, else a log line every "
-                          "--log-interval seconds")
+                     help="auto (default): a progress bar on a terminal, else a log line every "
+                          "--log-interval seconds; the progress names the backbone")
     out.add_argument("--log-interval", type=float, default=30.0, metavar="S",
                      help="seconds between progress log lines (default 30)")
-    out.add_argument("--json", action="store_true",
-                     help="print the summary as one JSON line on stdout (the text summary "
-                          "goes to stderr)")
+    add_format_arg(out, help_text="output format (default text; json: the summary as one JSON "
+                                  "line on stdout, the text summary on stderr)")
     parser.set_defaults(func=run_command)
 
 
@@ -190,7 +205,9 @@ def run_command(args: argparse.Namespace) -> int:
     """
     try:
         file_values = load_job_file(args.config) if args.config else {}
-        spec = build_spec(file_values, {name: getattr(args, name) for name in _CLI_FIELDS})
+        values = {name: getattr(args, name) for name in _CLI_FIELDS}
+        values["pooling"] = values["pooling"][0] if values["pooling"] else None
+        spec = build_spec(file_values, values)
         spec.validate()
     except JobConfigError as exc:
         return _usage_error(str(exc))
@@ -201,7 +218,8 @@ def run_command(args: argparse.Namespace) -> int:
     with log_to_stderr(("pipelines", "featurize")), _stop_on_signals(stop):
         try:
             summary = run_job(spec, progress=make_progress(args.progress,
-                                                           interval=args.log_interval),
+                                                           interval=args.log_interval,
+                                                           desc=f"extract {spec.backbone}"),
                               stop=stop)
         except JobConfigError as exc:
             return _usage_error(str(exc))
@@ -211,12 +229,13 @@ def run_command(args: argparse.Namespace) -> int:
         more = " (and more; --failures FILE lists them all)" if summary.failed > len(
             summary.first_failures) else ""
         text += f"\n  failures{more}:\n{listed}"
-    print(text, file=sys.stderr if args.json else sys.stdout)
-    if args.json:
+    json_out = args.format == "json"
+    print(text, file=sys.stderr if json_out else sys.stdout)
+    if json_out:
         print(json.dumps(summary.to_dict(), sort_keys=True))
     if summary.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_PARTIAL if summary.failed else EXIT_OK
+    return exit_code(summary.failed)
 
 
 run = run_command  # the name the dispatcher's convention uses

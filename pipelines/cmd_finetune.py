@@ -1,8 +1,15 @@
-"""``featurize finetune DATA_DIR --out model.pt``: fine-tune a backbone (see featurize.finetune)."""
+"""``featurize finetune DATA_DIR --out model.pt``: fine-tune a backbone.
+
+Parse, call :func:`featurize.finetune.finetune` (with the class rule of ``featurize train``),
+print.
+"""
 
 from __future__ import annotations
 
 import argparse
+
+from featurize.options import PRECISIONS, parse_weights
+from pipelines.arguments import input_folder, output_file, report_failed
 
 NAME = "finetune"
 
@@ -11,41 +18,68 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``finetune`` sub-command."""
     parser = subparsers.add_parser(
         NAME, help="fine-tune a backbone on a folder-per-class data set",
-        description="A new linear classifier on the frozen network first, then the last "
-                    "--unfreeze stages with a 10x lower learning rate; light augmentation; the "
-                    "best epoch on a validation split carved from DATA_DIR (stops early). "
-                    "Ctrl-C keeps the best checkpoint so far. `featurize evaluate` and "
-                    "`featurize predict` take the checkpoint, and --weights CHECKPOINT uses the "
-                    "fine-tuned network as a featurize backbone.")
-    parser.add_argument("data_dir", metavar="DATA_DIR")
-    parser.add_argument("--out", required=True, metavar="CHECKPOINT")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--weights", default="DEFAULT")
-    parser.add_argument("--unfreeze", type=int, default=2, metavar="N",
-                        help="last stages trained in stage two (default 2)")
-    parser.add_argument("--head-epochs", type=int, default=2, metavar="E",
-                        help="epochs of the classifier alone (default 2)")
-    parser.add_argument("--epochs", type=int, default=6, metavar="E",
-                        help="most epochs of stage two (default 6; early stopping)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--num-workers", type=int, default=None)
+        description="A linear probe on the frozen network first (one pass over the images), "
+                    "then the last --unfreeze stages and the classifier trained at a low rate "
+                    "on a one-cycle schedule, with light augmentation; the best epoch (the "
+                    "probe included) on a validation split carved from DATA_DIR. Unreadable "
+                    "images are listed and left out (exit code 3). Ctrl-C keeps the best "
+                    "checkpoint so far. `featurize evaluate` and `featurize predict` take the "
+                    "checkpoint, and --weights CHECKPOINT uses the fine-tuned network as a "
+                    "featurize backbone.")
+    parser.add_argument("data_dir", metavar="DATA_DIR", type=input_folder,
+                        help="folder with one sub-folder per class")
+    parser.add_argument("--out", required=True, metavar="CHECKPOINT", type=output_file,
+                        help="checkpoint to write (required)")
+    # None: the library's default (featurize.finetune.finetune), stated in the help
+    parser.add_argument("--backbone", default=None, metavar="NAME",
+                        help="backbone to fine-tune (default efficientnet_lite2)")
+    parser.add_argument("--weights", default="DEFAULT", type=parse_weights, metavar="W",
+                        help="its weights: a name or a local checkpoint (default DEFAULT: the "
+                             "pretrained weights)")
+    parser.add_argument("--unfreeze", type=int, default=None, metavar="N",
+                        help="last stages trained after the probe (default 3; 0: the probe "
+                             "only)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="E",
+                        help="epochs of fine-tuning after the probe (default 6)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak AdamW learning rate (default 1e-4)")
+    parser.add_argument("--keep", default="best", choices=("best", "last"),
+                        help="the epoch kept: the best on the validation split, the probe "
+                             "(epoch 0) included, or the last one (default best)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the split, the shuffling and the augmentation (default 0)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="autocast type (default auto: bf16 on CPUs that compute it "
+                             "natively and on CUDA, else fp32)")
+    parser.add_argument("--device", default="auto", metavar="DEVICE",
+                        help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="training images per step (default 32)")
+    parser.add_argument("--workers", "--num-workers", dest="workers", type=int, default=None,
+                        metavar="N", help="threads decoding images (default: one per core, at "
+                                          "most 4; 0: none)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fine-tune; returns 0, or 130 after Ctrl-C (the best checkpoint so far is kept)."""
+    """Fine-tune; returns 0, 3 when some files were left out, or 130 after Ctrl-C (the best
+    checkpoint so far is kept)."""
+    from functools import partial
+
+    from classify.splits import plan_folds
     from featurize.finetune import finetune
     from featurize.progress import log_to_stderr
 
-    with log_to_stderr(["featurize.progress"]):
-        result = finetune(args.data_dir, args.out, backbone=args.backbone, weights=args.weights,
-                          unfreeze=args.unfreeze, head_epochs=args.head_epochs,
-                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                          seed=args.seed, device=args.device, num_workers=args.num_workers)
+    options = {name: getattr(args, name) for name in ("backbone", "unfreeze", "epochs", "lr")
+               if getattr(args, name) is not None}
+    with log_to_stderr(["featurize.progress", "featurize.finetune"]):
+        result = finetune(args.data_dir, args.out, weights=args.weights, keep=args.keep,
+                          batch_size=args.batch_size, seed=args.seed, device=args.device,
+                          precision=args.precision, num_workers=args.workers,
+                          # the folders `featurize train` refuses, refused in its words
+                          check_labels=partial(plan_folds, small_classes="error"), **options)
+    code = report_failed(result.failed, len(result.paths) + len(result.skipped))
     print(f"{'Interrupted: kept' if result.interrupted else 'Saved'} the best checkpoint "
           f"(epoch {result.best_epoch}, validation balanced accuracy {result.val_score:.4f}) "
           f"to {result.checkpoint} in {result.seconds:.0f} s")
-    return 130 if result.interrupted else 0
+    return 130 if result.interrupted else code

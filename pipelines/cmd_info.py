@@ -8,6 +8,7 @@ import sys
 
 from featurize.cache_tools import cache_info, describe
 from featurize.exceptions import CacheError
+from pipelines.arguments import add_format_arg, input_file
 
 NAME = "info"
 
@@ -27,9 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "layer, pooling, ...), row counts, widths, storage dtypes, recorded "
                     "failures, sizes and layout version.",
     )
-    parser.add_argument("file", metavar="FILE", help="the HDF5 cache file")
-    parser.add_argument("--json", action="store_true",
-                        help="print a machine-readable JSON document instead")
+    parser.add_argument("file", metavar="FILE", type=input_file, help="the HDF5 cache file")
+    add_format_arg(parser, help_text="output format (default text; json: a machine-readable "
+                                     "document)")
     parser.set_defaults(func=run)
 
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         0 on success, 1 when the file is missing, locked, corrupted or not a cache.
     """
     try:
-        if args.json:
+        if args.format == "json":
             text = json.dumps(cache_info(args.file), indent=2, sort_keys=True, default=str)
         else:
             text = describe(args.file)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pipelines.arguments import add_format_arg
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -18,7 +20,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--depth", type=int, default=2,
                         help="show module paths with at most this many dotted parts"
                              " (default 2; 0 shows all)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_format_arg(parser, help_text="output format (default text: a table; json)")
     parser.set_defaults(func=run)
 
 
@@ -28,7 +30,7 @@ def run(args) -> int:
     layers = list_layers(args.backbone, image_size=args.image_size)
     if args.depth > 0:
         layers = [i for i in layers if i.name.count(".") < args.depth]
-    if args.json:
+    if args.format == "json":
         print(json.dumps([{"name": i.name, "shape": list(i.shape), "kind": i.kind}
                           for i in layers], indent=1))
         return 0

@@ -9,6 +9,7 @@ import sys
 
 from featurize.cache_tools import merge_caches
 from featurize.exceptions import CacheError
+from pipelines.arguments import add_format_arg, input_file, output_file
 
 NAME = "merge"
 
@@ -29,9 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "skipped, so merging twice adds nothing. Also writes a compact copy of a "
                     "single file whose configurations were dropped.",
     )
-    parser.add_argument("shards", nargs="+", metavar="SHARD", help="cache files to read")
-    parser.add_argument("--out", required=True, metavar="FILE", help="cache file to write")
-    parser.add_argument("--json", action="store_true", help="print the counts as JSON")
+    parser.add_argument("shards", nargs="+", metavar="SHARD", type=input_file,
+                        help="cache files to read")
+    parser.add_argument("--out", required=True, metavar="FILE", type=output_file,
+                        help="cache file to write (required; created if missing)")
+    add_format_arg(parser, help_text="output format (default text; json: the counts)")
     parser.set_defaults(func=run)
 
 
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except CacheError as exc:
         sys.stderr.write(f"featurize {NAME}: error: {exc}\n")
         return 1
-    if args.json:
+    if args.format == "json":
         sys.stdout.write(json.dumps(counts, indent=2, sort_keys=True) + "\n")
     else:
         sys.stdout.write(

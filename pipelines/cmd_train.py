@@ -1,14 +1,9 @@
 """``featurize train DATA_DIR --out MODEL``: choose features, head and C; save the model.
 
-The images of a folder-per-class tree are featurized by each candidate backbone (by default the
-three embedded EfficientNet-Lite networks) at several candidate layers, in one forward pass per
-backbone and pooling (cached with ``--cache``); the concatenation of every backbone's last stage
-and penultimate layer is one more candidate. :func:`classify.select_model` cross-validates
-every (feature set, head, C) on them; the chosen configuration is refitted on all images and
-saved.
-
-The helpers it shares with the other classify sub-commands are in
-:mod:`pipelines.classify_common`.
+Parse, call :func:`classify.training.train_folder`, print. See that function for what is done:
+the candidate feature sets of the default backbones (the three embedded EfficientNet-Lite
+networks) in one pass over the images, the cross-validated selection, the refit, and the
+model's records (its training images relative to DATA_DIR, their classes, the files left out).
 """
 
 from __future__ import annotations
@@ -16,17 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
-
-from pipelines.classify_common import (
-    DEFAULT_BACKBONES,
+from pipelines.arguments import (
+    add_format_arg,
+    add_model_args,
     add_runtime_args,
     add_selection_args,
-    candidate_features,
-    csv_list,
-    load_folder,
-    report_failures,
-    run_selection,
+    input_folder,
+    output_file,
+    progress_logging,
+    report_failed,
+    runtime_options,
+    selection_options,
 )
 
 NAME = "train"
@@ -34,65 +29,63 @@ NAME = "train"
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``train`` sub-command."""
+    from classify.training import DEFAULT_BACKBONES
+
     parser = subparsers.add_parser(
         NAME,
         help="choose layer, pooling, head and C by cross-validation; save the model",
-        description="Featurize a folder-per-class image tree (DATA_DIR/<class>/<images>) at "
+        description="Featurize a folder-per-class image tree (DATA_DIR/<class>/<images>; "
+                    "images in sub-folders of a class folder belong to that class) at "
                     "several candidate layers, cross-validate every (layer, pooling, head, C) "
                     "on it, refit the best on all images and save the model. Unreadable images "
-                    "are reported and left out. Model files are pickles: load only files you "
-                    "trust.",
+                    "are listed and left out (exit code 3). Model files are pickles: load only "
+                    "files you trust.",
     )
-    parser.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder per class")
-    parser.add_argument("--out", required=True, metavar="MODEL", help="model file to write")
-    add_selection_args(parser, default_backbones=DEFAULT_BACKBONES)
-    parser.add_argument("--poolings", type=csv_list, default=["avg"], metavar="P1,P2",
-                        help="candidate poolings (default avg; also max, avgmax, gem)")
+    parser.add_argument("data_dir", metavar="DATA_DIR", type=input_folder,
+                        help="folder with one sub-folder per class")
+    parser.add_argument("--out", required=True, metavar="MODEL", type=output_file,
+                        help="model file to write (required)")
+    add_model_args(parser, backbones=DEFAULT_BACKBONES, several=True,
+                   layers_help="candidate layers of every backbone (default: the ends of the "
+                               "last 4 stages and 'penultimate')",
+                   pooling_help="candidate poolings (default avg; one forward pass each)")
+    add_selection_args(parser)
     parser.add_argument("--nested", action="store_true",
                         help="also estimate the whole procedure by nested cross-validation "
-                             "(5x the cost)")
+                             "(5x the cost; default off)")
     parser.add_argument("--no-probability", action="store_true",
                         help="do not calibrate SVM heads (faster; an SVM model then gives no "
-                             "probabilities)")
-    parser.add_argument("--json", action="store_true",
-                        help="print the chosen configuration and scores as one JSON object")
+                             "probabilities; default: calibrated)")
+    add_format_arg(parser, help_text="output format (default text: the candidates and the "
+                                     "choice; json: the chosen configuration and scores)")
     add_runtime_args(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and save; returns 0 (errors are raised and reported by the dispatcher)."""
-    from classify import fit_selected
+    """Train and save; returns 0, or 3 when some files were left out."""
+    from classify.reports import optimism_note
+    from classify.training import train_folder
 
-    data = load_folder(args.data_dir)
-    sets, y, failures, layers, configs = candidate_features(data, args)
-    report_failures(data.paths, failures)
-    if len(np.unique(y)) < 2:
-        raise ValueError(f"{args.data_dir} has fewer than 2 classes with readable images.")
-    selection = run_selection(sets, y, args, probability=not args.no_probability,
-                              nested=args.nested)
-    from featurize.extraction import resolve_device, resolve_precision
-
-    # Saved resolved: a model trained with fp32 features predicts with fp32 features anywhere.
-    precision = resolve_precision(args.precision, resolve_device(args.device))
-    config = configs[selection.best_feature_set]
-    config = ({"parts": [{**part, "precision": precision} for part in config["parts"]]}
-              if "parts" in config else {**config, "precision": precision})
-    model = fit_selected(selection, sets, y, featurizer_config=config)
-    model.provenance.update({"data_dir": str(args.data_dir), "candidate_layers": layers,
-                             "n_failed_images": len(failures)})
-    # which image each training row is, and what was left out (for `featurize report`)
-    model.reports["train_paths"] = [p for i, p in enumerate(data.paths) if i not in failures]
-    model.reports["train_failures"] = list(data.skipped) + [
-        (data.paths[row], reason) for row, reason in sorted(failures.items())]
+    with progress_logging(args.verbose):
+        model, selection = train_folder(
+            args.data_dir, backbones=args.backbone, weights=args.weights, layers=args.layers,
+            poolings=args.poolings, precision=args.precision, nested=args.nested,
+            probability=not args.no_probability, return_selection=True,
+            **selection_options(args), **runtime_options(args))
     model.save(args.out)
-    if args.json:
+    failed = model.training_failures(args.data_dir)
+    code = report_failed(failed, len(model.reports["train_paths"]) + len(failed))
+    if args.format == "json":
         p = model.provenance
         print(json.dumps({key: p.get(key) for key in (
             "backbone", "weights", "layer", "pooling", "head", "params", "scoring",
             "cv_scores", "cv_std", "nested_scores", "classes", "class_counts",
-            "n_failed_images")} | {"model": str(args.out)}, indent=2))
+            "n_failed_images", "n_skipped_files", "n_candidates")} | {
+                "cv_scores_note": optimism_note(p.get("n_candidates"), args.nested),
+                "failures": [{"path": path, "reason": why} for path, why in failed],
+                "model": str(args.out)}, indent=2))
     else:
         print(selection.to_text())
         print(f"\nSaved the model to {args.out}")
-    return 0
+    return code

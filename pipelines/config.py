@@ -39,7 +39,7 @@ KEYS: dict[str, tuple[str, str, str]] = {
     "precision": ("precision", "str", "auto, fp32, bf16 or fp16 (default auto)"),
     "engine": ("engine", "str", "auto, eager, onnxruntime, torchscript or compile"),
     "batch_size": ("batch_size", "int", "images per forward pass (default 32)"),
-    "workers": ("workers", "int", "data-loader processes decoding images (default: automatic)"),
+    "workers": ("workers", "int", "threads decoding images (default: one per core)"),
     "dtype": ("dtype", "str", "storage type in the cache: float32 or float16"),
     "shard": ("shard", "shard", "'I/N': process shard I of N"),
     "failures": ("failures", "path", "CSV manifest of failed files (path, reason)"),

@@ -39,7 +39,7 @@ from typing import Any
 from featurize.exceptions import FeaturizeError
 from featurize.loop import stream_extract
 from featurize.progress import Progress
-from pipelines.spec import JobConfigError, JobSpec
+from pipelines.spec import JobSpec, parse_scheduler  # noqa: F401 (parse_scheduler: API)
 
 __all__ = ["DaskJobError", "connect", "extract_partition", "get_extractor", "merge_parts",
            "parse_scheduler", "run_dask_job"]
@@ -116,7 +116,7 @@ def part_path(parts_dir: str) -> str:
 
 def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: str,
                       parts_dir: str, dtype: str = "float32", batch_size: int = 32,
-                      workers: int | None = 0, retry_failed: bool = False) -> dict[str, Any]:
+                      workers: int | None = None, retry_failed: bool = False) -> dict[str, Any]:
     """The Dask task: featurize ``paths`` into this process's part file.
 
     Parameters
@@ -131,9 +131,8 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
         Folder of the part files.
     dtype, batch_size, retry_failed
         As in :class:`pipelines.spec.JobSpec`.
-    workers : int or None, default=0
-        Data-loader processes; Dask's worker processes are daemonic by default and cannot
-        start them, so they are used only under ``distributed.worker.daemon: false``.
+    workers : int or None, default=None
+        Decode threads (None: one per core, see :func:`featurize.data.default_decode_threads`).
 
     Returns
     -------
@@ -141,19 +140,14 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
         ``n``, ``extracted``, ``cached``, ``duplicates``, ``failed``, ``failures`` (list of
         ``(path, reason)``), ``part``, ``worker`` (``host:pid``) and ``engine``.
     """
-    import multiprocessing
-
     extractor, run_lock = get_extractor(options)
-    num_workers = int(workers or 0)
-    if num_workers and multiprocessing.current_process().daemon:
-        num_workers = 0  # daemonic processes cannot have children
     os.makedirs(parts_dir, exist_ok=True)
     part = _cache(part_path(parts_dir), dtype)
     failures: list[tuple[str, str]] = []
     with run_lock:  # the model's layer hooks are not thread-safe: one partition at a time
         counts = stream_extract(
             list(paths), extractor, part, read_caches=[_cache(target, dtype)],
-            batch_size=batch_size, num_workers=num_workers, retry_failed=retry_failed,
+            batch_size=batch_size, num_workers=workers, retry_failed=retry_failed,
             chunk_size=max(1, len(paths)), on_failure=lambda p, r: failures.append((p, r)))
     counts.update(n=len(paths), failures=failures, part=os.fspath(part.path),
                   worker=f"{socket.gethostname()}:{os.getpid()}", engine=extractor.engine_name)
@@ -163,38 +157,6 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
 # --------------------------------------------------------------------------------------
 # Client side
 # --------------------------------------------------------------------------------------
-
-
-def parse_scheduler(text: str) -> tuple[str, Any]:
-    """Read ``--scheduler``.
-
-    Returns
-    -------
-    kind, value : tuple
-        ``("local", n_workers)`` for ``local`` / ``local:N`` (N defaults to the CPU count),
-        ``("file", path)`` for an existing scheduler file (JSON, as written by
-        ``dask scheduler --scheduler-file``), else ``("address", text)`` (``tcp://host:8786``).
-
-    Raises
-    ------
-    JobConfigError
-        For ``local:`` followed by anything but a positive integer.
-    """
-    text = str(text).strip()
-    if text == "local" or text.startswith("local:"):
-        count = text.partition(":")[2]
-        if not count:
-            return "local", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-                else (os.cpu_count() or 1)
-        if not count.isdigit() or int(count) < 1:
-            raise JobConfigError(f"--scheduler local:N needs a positive number of worker "
-                                 f"processes; got {text!r}.")
-        return "local", int(count)
-    if text.endswith(".json") and os.path.isfile(text):
-        return "file", text
-    if not text:
-        raise JobConfigError("--scheduler is empty; give local[:N] or tcp://HOST:PORT.")
-    return "address", text
 
 
 @contextlib.contextmanager

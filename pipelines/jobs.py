@@ -8,7 +8,7 @@ an incremental mode (as in img2dataset) that is always on:
   of it (a hash of each path, so a file's shard does not change when the folder grows);
 * **mapper + writer**: :func:`featurize.loop.stream_extract`, the library's one extraction
   loop with a sink that holds no features: it hashes the files chunk by chunk, asks the cache
-  which ones are done, computes only the missing ones through one ``DataLoader``, and writes
+  which ones are done, computes only the missing ones (decoded in a thread pool), and writes
   every batch to the cache (atomically) as soon as it is computed, with each unreadable file
   and its reason.
 
@@ -256,17 +256,14 @@ def run_job(spec: JobSpec, *, progress: Progress | str = "auto",
 def _run_local(paths, spec: JobSpec, target: str, progress: Progress,
                on_failure, should_stop) -> dict[str, Any]:
     from featurize.cache import FeatureCache
-    from featurize.extraction import Extractor, default_num_workers
+    from featurize.extraction import Extractor
     from featurize.loop import stream_extract
 
     extractor = Extractor(**spec.extractor_options())
     engine = extractor.prepare_engine()
     logger.info("extract: %s on %s, %s engine", spec.backbone, extractor.device, engine)
-    workers = spec.workers
-    if workers is None:
-        workers = default_num_workers(len(paths), spec.batch_size, extractor.device)
     cache = FeatureCache(target, dtype=spec.dtype, single_writer=spec.single_writer)
     return stream_extract(paths, extractor, cache, batch_size=spec.batch_size,
-                          num_workers=workers, retry_failed=spec.retry_failed,
+                          num_workers=spec.workers, retry_failed=spec.retry_failed,
                           chunk_size=spec.chunk_size, progress=progress,
                           on_failure=on_failure, should_stop=should_stop)

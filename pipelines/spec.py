@@ -7,6 +7,7 @@ Options and their choices come from :mod:`featurize.options`; every invalid valu
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 from collections.abc import Sequence
@@ -16,8 +17,8 @@ from typing import Any
 from featurize.exceptions import ConfigError
 from featurize.options import check_extraction_options, parse_weights
 
-__all__ = ["JobConfigError", "JobSpec", "parse_shard", "parse_weights", "select_shard",
-           "shard_cache_path", "shard_of"]
+__all__ = ["JobConfigError", "JobSpec", "parse_scheduler", "parse_shard", "parse_weights",
+           "select_shard", "shard_cache_path", "shard_of"]
 
 #: The job description is invalid (a usage error): the one option error of featurize.
 JobConfigError = ConfigError
@@ -48,7 +49,7 @@ class JobSpec:
     batch_size : int, default=32
         Images per forward pass.
     workers : int or None, default=None
-        Data-loader worker processes (None: automatic).
+        Threads decoding images (None: one per core, at most 8).
     dtype : {"float32", "float16"}, default="float32"
         Storage type of the features in the cache.
     shard : tuple of (int, int) or None, default=None
@@ -128,9 +129,10 @@ class JobSpec:
                 raise JobConfigError(f"the folder of {name} {path!r} does not exist; create "
                                      "it first.")
         if self.scheduler is not None:
-            from pipelines.distributed import parse_scheduler
-
             parse_scheduler(self.scheduler)
+            if importlib.util.find_spec("distributed") is None:
+                raise JobConfigError("--scheduler runs the job on Dask, which is not installed: "
+                                     "pip install 'featurize[dask]'.")
         for name, amount in (self.resources or {}).items():
             if not name or not isinstance(amount, (int, float)) or amount <= 0:
                 raise JobConfigError(f"--resources expects NAME=AMOUNT with a positive amount; "
@@ -192,3 +194,35 @@ def select_shard(paths: Sequence[str], shard: tuple[int, int]) -> list[str]:
     """The paths that belong to shard ``shard = (i, n)``, in their original order."""
     i, n = shard
     return [p for p in paths if shard_of(p, n) == i]
+
+
+def parse_scheduler(text: str) -> tuple[str, Any]:
+    """Read ``--scheduler``.
+
+    Returns
+    -------
+    kind, value : tuple
+        ``("local", n_workers)`` for ``local`` / ``local:N`` (N defaults to the CPU count),
+        ``("file", path)`` for an existing scheduler file (JSON, as written by
+        ``dask scheduler --scheduler-file``), else ``("address", text)`` (``tcp://host:8786``).
+
+    Raises
+    ------
+    JobConfigError
+        For ``local:`` followed by anything but a positive integer.
+    """
+    text = str(text).strip()
+    if text == "local" or text.startswith("local:"):
+        count = text.partition(":")[2]
+        if not count:
+            return "local", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+        if not count.isdigit() or int(count) < 1:
+            raise JobConfigError(f"--scheduler local:N needs a positive number of worker "
+                                 f"processes; got {text!r}.")
+        return "local", int(count)
+    if text.endswith(".json") and os.path.isfile(text):
+        return "file", text
+    if not text:
+        raise JobConfigError("--scheduler is empty; give local[:N] or tcp://HOST:PORT.")
+    return "address", text

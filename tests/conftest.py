@@ -13,7 +13,7 @@ DATA = Path(os.environ.get("FEATURIZE_DATA", ROOT.parent / "shared" / "data" / "
 
 
 def pytest_configure(config):
-    # Keep torch from oversubscribing the 2-core CI machine when data-loader workers run too.
+    # Keep torch from oversubscribing the 2-core CI machine while decode threads run too.
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 

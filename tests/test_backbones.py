@@ -120,3 +120,34 @@ def test_memoized_backbones_are_independent_copies(tmp_path):
     torch.save(state, path)  # a changed file is loaded again, not served from memory
     b = load_backbone("resnet18", weights=path)
     assert torch.equal(b.model.fc.bias, a.model.fc.bias + 1.0)
+
+
+# -- downloads (on request only; local file:// URLs, never the network) -------------------------
+
+
+def test_a_download_whose_hash_differs_from_its_file_name_is_refused_and_not_kept(tmp_path):
+    """torchvision names its files ``<name>-<first hex digits of their SHA-256>.pth``."""
+    import hashlib
+
+    from featurize.downloads import DownloadError, download_url
+
+    source = tmp_path / "served.pth"
+    source.write_bytes(b"not the weights you asked for")
+    good = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+    hub = tmp_path / "hub" / "checkpoints"
+    with pytest.raises(DownloadError, match="f37072fd") as info:
+        download_url(source.as_uri(), hub / "resnet18-f37072fd.pth", backbone="resnet18",
+                     progress=False)
+    assert "resnet18-f37072fd.pth" in str(info.value) and source.as_uri() in str(info.value)
+    assert list(hub.iterdir()) == []  # nothing kept, not even a partial file
+    kept = download_url(source.as_uri(), hub / f"resnet18-{good}.pth", progress=False)
+    assert kept.read_bytes() == source.read_bytes()
+
+
+def test_download_of_unknown_weights_is_a_one_line_error_listing_the_valid_ones(capsys):
+    from pipelines.cli import main
+
+    assert main(["download", "resnet18", "--weights", "NOPE"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "'NOPE'" in err and "resnet18" in err and "IMAGENET1K_V1" in err

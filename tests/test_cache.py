@@ -755,18 +755,19 @@ def test_cli_modules_directly(tmp_path, capsys):
     shards, *_ = make_shards(tmp_path)
     out = tmp_path / "out.h5"
     assert cmd_merge.run(argparse.Namespace(shards=[str(s) for s in shards], out=str(out),
-                                            json=True)) == 0
+                                            format="json")) == 0
     assert json.loads(capsys.readouterr().out)["rows_added"] == 36
-    assert cmd_info.run(argparse.Namespace(file=str(out), json=False)) == 0
+    assert cmd_info.run(argparse.Namespace(file=str(out), format="text")) == 0
     assert "configuration(s)" in capsys.readouterr().out
-    assert cmd_info.run(argparse.Namespace(file=str(tmp_path / "none.h5"), json=False)) == 1
+    assert cmd_info.run(argparse.Namespace(file=str(tmp_path / "none.h5"), format="text")) == 1
     assert "no cache file" in capsys.readouterr().err
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     cmd_info.add_parser(sub)
     cmd_merge.add_parser(sub)
-    args = parser.parse_args(["merge", "a.h5", "b.h5", "--out", "c.h5"])
-    assert args.func is cmd_merge.run and args.shards == ["a.h5", "b.h5"]
+    a, b = str(shards[0]), str(shards[1])
+    args = parser.parse_args(["merge", a, b, "--out", str(tmp_path / "c.h5")])
+    assert args.func is cmd_merge.run and args.shards == [a, b]
 
 
 def test_module_imports_without_h5py_or_torch():

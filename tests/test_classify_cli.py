@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+from featurize.layers import default_layers
 from pipelines.cli import main
-from pipelines.classify_common import default_layers
 
 FAST = ["--layers", "blocks.10,penultimate", "--folds", "3", "--repeats", "1", "--jobs", "1",
         "--device", "cpu", "--num-workers", "0"]
@@ -55,7 +55,7 @@ def trained(trees, tmp_path_factory):
 def test_train_saves_a_model(trained, capsys):
     from classify import load_model
     from classify.model import featurizer_parts
-    from pipelines.classify_common import DEFAULT_BACKBONES
+    from classify.training import DEFAULT_BACKBONES
 
     out, cache = trained
     model = load_model(out)
@@ -79,7 +79,7 @@ def test_evaluate_json(trained, trees, capsys):
     capsys.readouterr()
     code = main(["evaluate", str(out), str(trees / "test"), "--json", "--cache", str(cache),
                  *RUNTIME])
-    assert code == 0
+    assert code == 3  # done, but broken.png could not be read
     report = json.loads(capsys.readouterr().out)  # one JSON object, nothing else on stdout
     assert report["accuracy"] == 1.0 and report["balanced_accuracy"] == 1.0
     assert report["n_scored"] == 6
@@ -91,7 +91,7 @@ def test_evaluate_json(trained, trees, capsys):
 def test_evaluate_text(trained, trees, capsys):
     out, _ = trained
     capsys.readouterr()
-    assert main(["evaluate", str(out), str(trees / "test"), *RUNTIME]) == 0
+    assert main(["evaluate", str(out), str(trees / "test"), *RUNTIME]) == 3
     text = capsys.readouterr().out
     assert "balanced_accuracy" in text and "Confusion matrix" in text and "macro avg" in text
 
@@ -137,8 +137,9 @@ def test_sweep_table(trained, trees, capsys):
 
 def test_errors_are_reported_not_raised(trained, tmp_path, capsys):
     out, _ = trained
-    assert main(["evaluate", str(out), str(tmp_path / "missing"), *RUNTIME]) == 1
-    assert "error" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # a missing input folder is a usage error
+        main(["evaluate", str(out), str(tmp_path / "missing"), *RUNTIME])
+    assert info.value.code == 2 and "no such folder" in capsys.readouterr().err
     not_a_model = tmp_path / "x.joblib"
     not_a_model.write_bytes(b"nope")
     assert main(["predict", str(not_a_model), str(tmp_path), *RUNTIME]) == 1
@@ -184,8 +185,10 @@ def test_train_is_never_silent_during_selection(trees, tmp_path, capsys):
     # progress lines (stderr is not a terminal here) and the stages; 3 backbones x 2 layers,
     # and their concatenation
     assert "screen feature sets: 7/7 set" in err
-    # the extraction of each backbone too (a line at least every 10 s, and one at the end)
-    assert err.count("featurize: 12/12 img (100.0%)") == 3 and "cross-validate:" in err
+    # the extraction too, naming the backbones (one pass: 12 images x 3 backbones; a line at
+    # least every 10 s, and one at the end)
+    assert ("featurize efficientnet_lite0+efficientnet_lite1+efficientnet_lite2: 36/36 img"
+            " (100.0%)") in err and "cross-validate:" in err
     assert "fast search" in err or "cross-validating" in err
 
 
@@ -217,3 +220,108 @@ def test_ctrl_c_while_saving_leaves_no_partial_model(trees, tmp_path, monkeypatc
     out = tmp_path / "m.joblib"
     assert main(["train", str(trees / "train"), "--out", str(out), *FAST]) == 130
     assert list(tmp_path.iterdir()) == []
+
+
+# -- bad files and paths: one clear line, before any work ----------------------------------------
+
+
+def _one_line(text):
+    text = text.strip()
+    assert "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+def test_a_damaged_model_file_is_a_one_line_error_naming_it(trained, trees, tmp_path, capsys):
+    """30 random 8-byte scribbles on a compressed model file: never a traceback."""
+    out, _ = trained
+    data = out.read_bytes()
+    rng = np.random.default_rng(0)
+    damaged = tmp_path / "damaged.joblib"
+    for _ in range(30):
+        scribbled = bytearray(data)
+        at = int(rng.integers(16, len(data) - 8))
+        scribbled[at:at + 8] = rng.bytes(8)
+        damaged.write_bytes(bytes(scribbled))
+        capsys.readouterr()
+        assert main(["evaluate", str(damaged), str(trees / "test"), *RUNTIME]) == 1
+        err = _one_line(capsys.readouterr().err)
+        assert str(damaged) in err and "joblib" in err
+
+
+def test_a_feature_cache_given_as_a_model_says_what_it_is(trained, trees, capsys):
+    _, cache = trained
+    capsys.readouterr()
+    assert main(["predict", str(cache), str(trees / "test" / "blue" / "0.png"), *RUNTIME]) == 1
+    err = _one_line(capsys.readouterr().err)
+    assert str(cache) in err and "HDF5" in err and "feature cache" in err
+
+
+def test_a_model_file_given_as_cache_is_named_and_left_alone(trained, trees, tmp_path, capsys):
+    out, _ = trained
+    before = out.read_bytes()
+    capsys.readouterr()
+    code = main(["train", str(trees / "train"), "--out", str(tmp_path / "m.joblib"),
+                 "--cache", str(out), *FAST])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert str(out) in err and "joblib" in err and "Delete it" not in err
+    assert out.read_bytes() == before
+
+
+def test_evaluate_ignores_an_empty_class_folder(trained, trees, tmp_path, capsys):
+    import shutil
+
+    out, cache = trained
+    test = tmp_path / "test"
+    shutil.copytree(trees / "test", test)
+    (test / "green").mkdir()  # no image: not a class of this test set, as for `train`
+    capsys.readouterr()
+    assert main(["evaluate", str(out), str(test), "--json", "--cache", str(cache),
+                 *RUNTIME]) == 3  # broken.png
+    assert json.loads(capsys.readouterr().out)["n_scored"] == 6
+
+
+def test_output_paths_are_checked_before_any_work(trained, trees, tmp_path, capsys):
+    out, _ = trained
+    cache = tmp_path / "features.h5"
+    with pytest.raises(SystemExit) as info:  # argparse: a usage error, exit code 2
+        main(["train", str(trees / "train"), "--out", str(tmp_path / "missing" / "m.joblib"),
+              "--cache", str(cache), *FAST])
+    assert info.value.code == 2
+    assert "missing" in capsys.readouterr().err and not cache.exists()  # nothing extracted
+    with pytest.raises(SystemExit) as info:
+        main(["report", str(out), str(trees / "train"), "--out", str(tmp_path), *RUNTIME])
+    assert info.value.code == 2 and "is a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["predict", str(out), str(trees / "test"), "--out",
+              str(tmp_path / "missing" / "p.csv"), *RUNTIME])
+    assert info.value.code == 2
+
+
+def test_a_class_of_one_image_is_refused_by_name_before_extraction(trees, tmp_path, capsys):
+    import shutil
+
+    train = tmp_path / "train"
+    shutil.copytree(trees / "train", train)
+    (train / "green").mkdir()
+    shutil.copy(trees / "train" / "red" / "0.png", train / "green" / "0.png")
+    cache = tmp_path / "features.h5"
+    code = main(["train", str(train), "--out", str(tmp_path / "m.joblib"), "--cache", str(cache),
+                 *FAST])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "['green'] have a single sample" in err and not cache.exists()
+
+
+def test_train_says_its_cv_score_is_optimistic_and_points_to_nested(trained, trees, tmp_path,
+                                                                   capsys):
+    _, cache = trained
+    capsys.readouterr()
+    assert main(["train", str(trees / "train"), "--out", str(tmp_path / "m.joblib"),
+                 "--cache", str(cache), *FAST]) == 0
+    shown = capsys.readouterr().out.split("Chosen:")[1]
+    assert "optimistic: the best of" in shown and "--nested" in shown
+    from classify import load_model
+
+    text = load_model(tmp_path / "m.joblib").to_text()
+    assert "optimistic" in text and "--nested" in text

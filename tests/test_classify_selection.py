@@ -337,3 +337,83 @@ def test_screening_of_pure_noise_wider_than_tall_is_at_chance():
     assert screen_feature_sets([noise], y).loc[0, "loo_score"] < 0.75
     (tiny,) = ridge_loo_decisions(noise, y, 2, [1e-6])
     assert np.isnan(tiny).all()  # refused, not trusted
+
+
+# -- what the selection refuses up front, and what it says of its own score ---------------------
+
+
+def test_a_class_of_one_image_is_refused_by_name_before_any_fit(monkeypatch):
+    from classify import _evaluation
+
+    fits = []
+    real = _evaluation.evaluate
+    monkeypatch.setattr(_evaluation, "evaluate", lambda *a, **k: fits.append(1) or real(*a, **k))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(21, 5))
+    y = np.array(["ant"] * 10 + ["bee"] * 10 + ["wasp"])
+    for heads in (["logreg"], ["linear_svm"]):
+        with pytest.raises(ValueError, match=r"\['wasp'\] have a single sample"):
+            select_model({"x": X}, y, heads=heads, probability=True, n_splits=3, n_repeats=1)
+    assert fits == []
+
+
+def test_fast_search_scores_svms_by_log_loss_with_their_calibrated_probabilities(digits_sets):
+    sets, y = digits_sets
+    only_svm = select_model(sets, y, heads=["linear_svm"], scoring="log_loss", probability=True,
+                            n_splits=3, n_repeats=1, n_finalists=1)
+    assert np.isfinite(only_svm.table["log_loss_mean"]).all()
+    both = select_model(sets, y, heads=["logreg", "linear_svm"], scoring="log_loss",
+                        probability=True, n_splits=3, n_repeats=1, n_finalists=1)
+    svm = both.table[both.table["head"] == "linear_svm"]
+    assert len(svm) and np.isfinite(svm["log_loss_mean"]).all()  # compared, not left out
+    assert hasattr(both.best_estimator(), "predict_proba")
+
+
+def test_log_loss_with_heads_without_probabilities_is_refused_up_front(digits_sets):
+    sets, y = digits_sets
+    for search in ("fast", "exhaustive"):
+        with pytest.raises(ValueError, match=r"log_loss.*\['linear_svm'\].*probability=True"):
+            select_model(sets, y, heads=["logreg", "linear_svm"], scoring="log_loss",
+                         probability=False, search=search, n_splits=3, n_repeats=1)
+
+
+@pytest.mark.parametrize("n_finalists", [0, -3, 1.5])
+def test_finalists_below_one_are_refused(digits_sets, n_finalists):
+    sets, y = digits_sets
+    with pytest.raises(ValueError, match=r"'n_finalists' parameter.*\[1, inf\)"):
+        select_model(sets, y, n_finalists=n_finalists, n_splits=3, n_repeats=1)
+
+
+def test_default_c_grids_extend_when_another_head_has_a_given_grid(monkeypatch):
+    from classify import search
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 10))
+    y = (X @ rng.standard_normal(10) > 0).astype(int)  # separable: more C is better at first
+    monkeypatch.setitem(search.FAST_C_GRID, "logreg", [1e-5, 1e-4])
+    result = select_model({"x": X}, y, heads=["logreg"], n_splits=3, n_repeats=1,
+                          param_grids={"linear_svm": {"C": [1e-3]}})  # a grid of an unused head
+    assert sorted(result.table["C"])[:3] == [1e-5, 1e-4, 1e-3]  # extended upwards
+    given = select_model({"x": X}, y, heads=["logreg"], n_splits=3, n_repeats=1,
+                         param_grids={"logreg": {"C": [1e-5, 1e-4, 1e-3]}})
+    assert sorted(given.table["C"]) == [1e-5, 1e-4, 1e-3]  # a given grid: searched as given
+    assert any("largest value of the logreg grid" in note for note in given.notes)
+
+
+def test_the_chosen_score_is_called_optimistic_and_points_to_nested_cross_validation():
+    """On pure noise the best of many candidates scores above chance: the text says so next
+    to the number, in the selection's text and in the model's."""
+    from classify import fit_selected
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 30)), np.repeat(["a", "b"], 30)
+    result = select_model({"x": X}, y, n_splits=3, n_repeats=1)
+    text = result.to_text()
+    scores = text.split("Chosen:")[1]
+    assert (f"optimistic: the best of {result.n_compared} candidates, chosen and scored on the "
+            "same folds" in scores and "--nested" in scores)
+    model_text = fit_selected(result, {"x": X}, y).to_text()
+    line = next(line for line in model_text.splitlines() if "Cross-validation on" in line)
+    assert "optimistic" in line and "--nested" in line
+    nested = select_model({"x": X}, y, n_splits=3, n_repeats=1, nested=True, outer_splits=3)
+    assert "the nested cross-validation estimates" in nested.to_text().split("Chosen:")[1]

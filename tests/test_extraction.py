@@ -17,7 +17,8 @@ RANDOM = {"backbone": "resnet18", "weights": None, "device": "cpu"}
 
 @pytest.fixture(scope="module")
 def resnet():
-    return Extractor("resnet18", None, layer=["layer2", "layer4"], pooling="avg", device="cpu")
+    return Extractor("resnet18", None, layer=["layer2", "layer4"], pooling="avg", device="cpu",
+                     precision="fp32")  # exact properties; bf16: tests/test_openvino.py
 
 
 def test_rows_follow_input_order_and_match_single_image_runs(resnet, some_jpegs):
@@ -31,21 +32,21 @@ def test_rows_follow_input_order_and_match_single_image_runs(resnet, some_jpegs)
 def test_multi_layer_widths_and_order(resnet, some_jpegs):
     assert resnet.widths == {"layer2": 128, "layer4": 512}
     both = resnet.extract(some_jpegs[:2], num_workers=0).features
-    single = Extractor("resnet18", None, layer="layer4", device="cpu")
+    single = Extractor("resnet18", None, layer="layer4", device="cpu", precision="fp32")
     np.testing.assert_allclose(both[:, 128:], single.extract(some_jpegs[:2]).features,
                                rtol=1e-4, atol=1e-5)
 
 
 def test_penultimate_equals_the_networks_own_embedding(some_jpegs):
-    ex = Extractor("resnet18", None, device="cpu")
+    ex = Extractor("resnet18", None, device="cpu", precision="fp32")
     assert ex.layers == ["penultimate"]
     feats = ex.extract(some_jpegs[:3]).features
     model = ex.model
     captured = {}
     hook = model.avgpool.register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
-    from featurize.data import ImageDataset, collate
+    from featurize.data import Decoder, collate
 
-    batch = collate([ImageDataset(some_jpegs, [0, 1, 2], ex.preprocessing)[i] for i in range(3)])[1]
+    batch = collate([Decoder(some_jpegs, [ex.preprocessing])(i) for i in range(3)])[1]
     with torch.inference_mode():
         model(ex.preprocessing.normalize(batch))
     hook.remove()
@@ -198,3 +199,62 @@ def test_cache_misses_exactly_what_changed(some_jpegs, tmp_path):
     moved = str(tmp_path / "renamed.jpg")
     shutil.move(images[0], moved)
     assert run(paths=[moved, images[1], images[2]]) == (0, 3)  # a renamed file still hits
+
+
+# -- one pass, threads, the warm path ---------------------------------------------------------
+
+
+def test_a_warm_cache_decodes_nothing(resnet, some_jpegs, tmp_path, monkeypatch):
+    import featurize.data as data
+
+    cache = tmp_path / "c.h5"
+    cold = resnet.extract(some_jpegs, cache=cache).features
+    decoded = []
+    original = data.Decoder.__call__
+    monkeypatch.setattr(data.Decoder, "__call__",
+                        lambda self, *args: decoded.append(args) or original(self, *args))
+    warm = resnet.extract(some_jpegs, cache=cache)
+    assert decoded == [] and warm.n_cached == len(some_jpegs) and warm.n_computed == 0
+    np.testing.assert_array_equal(warm.features, cold)
+
+
+def test_several_backbones_read_and_decode_each_file_once(some_jpegs, tmp_path, monkeypatch):
+    """The embedded backbones at 224, 240 and 260 px share one read and one decode of each
+    file, and their rows are exactly those of separate runs."""
+    import featurize.data as data
+    from featurize.extraction import extract_many
+
+    extractors = [Extractor(name, "DEFAULT", device="cpu") for name in
+                  ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")]
+    alone = [ex.extract(some_jpegs, num_workers=2).features for ex in extractors]
+    reads = []
+    original = data.read_keyed
+    monkeypatch.setattr(data, "read_keyed", lambda path: reads.append(path) or original(path))
+    cache = tmp_path / "c.h5"
+    results = extract_many(extractors, some_jpegs, cache=cache, num_workers=2, batch_size=5)
+    assert sorted(reads) == sorted(some_jpegs)  # each file read once, for three backbones
+    for result, expected, ex in zip(results, alone, extractors):
+        assert result.features.shape == (len(some_jpegs), ex.n_features)
+        np.testing.assert_allclose(result.features, expected, rtol=1e-5, atol=1e-6)
+        assert result.n_computed == len(some_jpegs)
+    again = extract_many(extractors, some_jpegs, cache=cache)  # each from its own rows
+    for result, expected in zip(again, alone):
+        assert result.n_cached == len(some_jpegs)
+        np.testing.assert_allclose(result.features, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_rows_found_only_in_a_read_cache_are_their_own_images(resnet, some_jpegs, tmp_path):
+    """A row served from a further (read-only) cache is that image's row, never another's."""
+    from featurize.cache import FeatureCache
+    from featurize.loop import ArraySink, run_extraction
+
+    expected = resnet.extract(some_jpegs).features
+    first, other = FeatureCache(tmp_path / "first.h5"), FeatureCache(tmp_path / "other.h5")
+    resnet.extract(some_jpegs[:4], cache=first)  # rows 0-3 here
+    resnet.extract(some_jpegs[6:], cache=other)  # rows 6-11 only in the read cache
+    names = list(some_jpegs)
+    out = np.zeros_like(expected)
+    sink = ArraySink(out, resnet._columns(), names, "raise")
+    run_extraction(some_jpegs, resnet, first, sink, names=names, read_caches=[other])
+    assert sink.cached == 4 + 6 and sink.extracted == 2
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)

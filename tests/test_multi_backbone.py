@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import joblib
 import numpy as np
 import pytest
@@ -11,8 +9,7 @@ import pytest
 from classify import load_model
 from classify.model import FittedModel, describe_featurizer, featurizer_parts
 from featurize import load_image_folder
-from pipelines.classify_common import candidate_features
-from pipelines.cmd_evaluate import model_features
+from classify.training import candidate_features
 
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite1"]  # real embedded weights
 
@@ -28,19 +25,17 @@ def data(hymenoptera, tmp_path_factory):
     return load_image_folder(root)
 
 
-def _args(**kw):
-    base = dict(backbone=BACKBONES, weights="DEFAULT", layers=None, precision="fp32",
-                device="cpu", batch_size=8, num_workers=0, cache=None, poolings=["avg"])
-    return argparse.Namespace(**(base | kw))
+RUNTIME = dict(device="cpu", batch_size=8, num_workers=0)
 
 
 @pytest.fixture(scope="module")
 def candidates(data):
-    return candidate_features(data, _args())
+    return candidate_features(data, backbones=BACKBONES, precision="fp32", **RUNTIME)
 
 
 def test_every_backbone_layer_and_the_concatenation_are_candidates(candidates):
-    sets, y, failures, layers, configs = candidates
+    sets, y, failures, layers, configs = (candidates.sets, candidates.y, candidates.failures,
+                                          candidates.layers, candidates.configs)
     assert not failures and len(y) == 10
     assert set(layers) == set(BACKBONES)
     singles = {(f"{b}:{layer}", "avg") for b in BACKBONES for layer in layers[b]}
@@ -57,22 +52,22 @@ def test_a_concatenated_model_featurizes_images_as_it_was_trained(candidates, da
     rows, column for column, for the concatenation of real backbones."""
     from sklearn.linear_model import LogisticRegression
 
-    sets, y, _, _, configs = candidates
+    sets, y, configs = candidates.sets, candidates.y, candidates.configs
     key = ("concat:" + "+".join(BACKBONES), "avg")
     config = {"parts": [{**part, "precision": "fp32", "device": "cpu", "num_workers": 0}
                         for part in configs[key]["parts"]]}
     model = FittedModel(LogisticRegression().fit(sets[key], y), featurizer_config=config)
     np.testing.assert_allclose(model.transform(data.paths), sets[key], rtol=1e-5, atol=1e-5)
-    X, failures = model_features(model, data.paths, _args())
-    assert not failures
-    np.testing.assert_allclose(X, sets[key], rtol=1e-5, atol=1e-5)
+    features = model.features(data.paths, **RUNTIME)
+    assert not features.failures
+    np.testing.assert_allclose(features.X, sets[key], rtol=1e-5, atol=1e-5)
     assert describe_featurizer(config)["backbone"] == " + ".join(BACKBONES)
     assert (model.predict(data.paths, batch_size=4) == model.predict_features(sets[key])).all()
 
 
 def test_weights_of_one_network_refuse_several_backbones(data):
-    with pytest.raises(ValueError, match="single --backbone"):
-        candidate_features(data, _args(weights="some.pth"))
+    with pytest.raises(ValueError, match="single backbone"):
+        candidate_features(data, backbones=BACKBONES, weights="some.pth", **RUNTIME)
 
 
 def test_model_files_of_format_1_are_still_read(tmp_path):

@@ -112,13 +112,13 @@ def test_a_file_changed_while_the_job_runs_is_keyed_by_what_was_decoded(tmp_path
     target = tmp_path / "img.jpg"
     shutil.copy(some_jpegs[0], target)
     old_key = content_key(str(target))
-    original = data.ImageDataset.__getitem__
+    original = data.Decoder.__call__
 
-    def edited_before_decoding(self, i):
+    def edited_before_decoding(self, *args):
         shutil.copy(some_jpegs[5], target)  # another program rewrites the file now
-        return original(self, i)
+        return original(self, *args)
 
-    monkeypatch.setattr(data.ImageDataset, "__getitem__", edited_before_decoding)
+    monkeypatch.setattr(data.Decoder, "__call__", edited_before_decoding)
     cache = tmp_path / "c.h5"
     got = extract_features([str(target)], cache=cache, **TINY)
     monkeypatch.undo()

@@ -6,6 +6,7 @@ import html
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,9 +91,84 @@ def report(hymenoptera, tmp_path_factory):
     gone = train / "<script>" / ants[5].name
     gone.unlink()
     assert main(["report", str(model), str(train), "--test", str(test), "--out", str(out),
-                 "--cache", str(cache), "--device", "cpu", "--num-workers", "0"]) == 0
+                 "--cache", str(cache), "--device", "cpu", "--num-workers", "0"]) == 3  # gone
     return out, out.read_text(encoding="utf-8"), {"mislabelled": mislabelled, "leak": leak,
-                                                   "gone": gone}
+                                                   "gone": gone, "root": root}
+
+
+def test_near_duplicates_memory_does_not_grow_with_the_number_of_pairs():
+    """2,000 copies of one placeholder among 3,000 images: two million pairs, counted, and the
+    best kept as they come (a list of every pair of a block took about 600 MiB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(3000, 8))
+    X[:2000] = X[0]
+    tracemalloc.start()
+    try:
+        pairs, n = diagnostics.near_duplicates(X, limit=40)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert n >= 2000 * 1999 // 2
+    assert len(pairs) == 40 and all(s > 0.999 and i < j for i, j, s in pairs)
+    assert peak < 200 * 2**20, peak / 2**20
+
+
+def test_rows_without_features_are_never_duplicates():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 6))
+    X[[4, 9, 17]] = np.nan  # three images that could not be read
+    pairs, n = diagnostics.near_duplicates(X)
+    assert n == 0 and pairs == []
+    pairs, n = diagnostics.near_duplicates(X, X[[2, 9]])
+    assert [p[:2] for p in pairs] == [(2, 0)]
+
+
+def test_vanished_training_files_are_neither_exact_nor_near_duplicates(report, tmp_path):
+    """Training files deleted after training: no content key, no features; they are failures,
+    not duplicates of each other."""
+    from classify import load_model
+
+    root = report[2]["root"]
+    train = tmp_path / "train"
+    shutil.copytree(root / "train", train)
+    model = load_model(root / "m.joblib")
+    paths = [str(train / p) for p in model.reports["train_paths"]]  # relative to the folder
+    kept = [p for p in paths if Path(p).exists()]
+    gone = kept[1:4] + kept[20:22]
+    for path in gone:
+        Path(path).unlink()
+    result = model.report(train, cache=str(root / "f.h5"), device="cpu", num_workers=0)
+    assert result.summary["exact duplicates in training data"] == 0
+    duplicates = result.sections["duplicates"]
+    assert not any(f'data-path="{html.escape(p)}"' in duplicates for p in gone)
+    failed = result.sections["failures"]
+    assert all(html.escape(p) in failed for p in gone)
+
+
+def test_the_cv_score_in_the_report_says_it_is_optimistic(report):
+    _, text, _ = report
+    row = re.search(r"<th>CV balanced_accuracy</th><td>([^<]*)</td>", text).group(1)
+    assert "optimistic: the best of" in row and "--nested" in row
+
+
+def test_a_fine_tuned_checkpoint_is_refused_by_the_report_for_what_it_is(hymenoptera, tmp_path,
+                                                                        capsys):
+    import torch
+
+    from featurize.finetune import FORMAT
+
+    checkpoint = tmp_path / "finetuned.pt"
+    torch.save({"format": FORMAT, "backbone": "efficientnet_lite0",
+                "head_weight": torch.zeros(2, 1280), "head_bias": torch.zeros(2),
+                "classes": ["ants", "bees"], "best_epoch": 1, "seed": 0,
+                "val_balanced_accuracy": 0.9, "history": [], "val_paths": []}, checkpoint)
+    code = main(["report", str(checkpoint), str(hymenoptera / "train"), "--out",
+                 str(tmp_path / "r.html"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "fine-tuned" in err and str(checkpoint) in err and "older" not in err
+    assert not (tmp_path / "r.html").exists()
 
 
 def test_report_is_self_contained_and_escaped(report):

@@ -194,3 +194,180 @@ def test_download_command_of_a_timm_model_without_network_exits_1(tmp_path):
 def test_featurize_layers_of_a_vit_lists_blocks_and_its_pre_logits():
     names = {info.name: info.shape for info in list_layers("timm:vit_small_patch14_dinov2")}
     assert names["blocks.11"] == (1370, 384) and names["penultimate"] == (384,)
+
+
+# -- weights: never an implicit download, no process-wide switch, effective timeouts ------------
+
+PLAIN_URL = "timm:legacy_seresnet18"  # weights at a GitHub release URL, not on the hub
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Connections to anything but the loopback fail at once, and every download function a
+    load could reach records its call: a test sees an attempt without any traffic leaving."""
+    import socket
+
+    import huggingface_hub
+    import huggingface_hub.file_download
+    import timm.models._hub
+
+    attempts = []
+    real_connect = socket.socket.connect
+
+    def connect(sock, address):
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(("connect", address))
+            raise OSError("network disabled in this test")
+        return real_connect(sock, address)
+
+    def refuse(what):
+        def download(*args, **kwargs):
+            attempts.append((what, args[:1]))
+            raise OSError("network disabled in this test")
+        return download
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse("torch.hub"))
+    monkeypatch.setattr(timm.models._hub, "download_url_to_file", refuse("timm"))
+    monkeypatch.setattr(timm.models._hub, "hf_hub_download", refuse("hub"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refuse("hub"))
+    monkeypatch.setattr(huggingface_hub.file_download, "hf_hub_download", refuse("hub"))
+    return attempts
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """Empty torch and Hugging Face hub caches (and no memoized backbone)."""
+    from huggingface_hub import constants
+
+    from featurize import backbones
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    backbones._MEMO.clear()
+    yield tmp_path
+    backbones._MEMO.clear()
+
+
+def test_weights_at_a_plain_url_are_never_downloaded_implicitly(empty_caches, no_network):
+    import time
+
+    start = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as info:
+        load_backbone(PLAIN_URL, "DEFAULT")
+    assert time.perf_counter() - start < 30
+    assert no_network == []  # not even an attempt
+    message = str(info.value)
+    assert f"featurize download {PLAIN_URL}" in message and "seresnet18-4bb0ce65.pth" in message
+
+
+def test_weights_at_a_plain_url_in_the_torch_hub_cache_load_without_network(empty_caches,
+                                                                           no_network):
+    state = timm.create_model(PLAIN_URL[len("timm:"):]).state_dict()
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    folder = empty_caches / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(state, folder / "seresnet18-4bb0ce65.pth")
+    loaded = load_backbone(PLAIN_URL, "DEFAULT").model.state_dict()
+    assert no_network == []
+    assert loaded.keys() == state.keys()
+    for key in state:
+        torch.testing.assert_close(loaded[key], state[key])
+
+
+def _hub_cache_with(folder, repo: str, state: dict) -> None:
+    """A Hugging Face hub cache holding ``state`` as ``repo``'s model.safetensors (its layout:
+    refs/main -> a commit, snapshots/<commit>/<file>)."""
+    from safetensors.torch import save_file
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = folder / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    (root / "snapshots" / commit).mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()},
+              str(root / "snapshots" / commit / "model.safetensors"))
+
+
+def test_hub_cached_weights_load_in_threads_without_touching_process_wide_settings(
+        empty_caches, no_network, monkeypatch):
+    """Two loads in threads (Dask's threaded workers) cannot switch the hub on or off under
+    each other: loading reads the cache, and leaves the environment and the hub's settings
+    as they are."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from huggingface_hub import constants
+
+    state = timm.create_model("resnet18").state_dict()
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
+    _hub_cache_with(empty_caches / "hf" / "hub", "timm/resnet18.a1_in1k", state)
+    seen, real_create = [], timm.create_model
+
+    def create_model(*args, **kwargs):
+        seen.append((os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE))
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    before = (os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE)
+
+    def load(_):
+        from featurize.backbones import _load_uncached
+
+        return _load_uncached(CNN, "DEFAULT").model.state_dict()["fc.weight"]
+
+    with ThreadPoolExecutor(4) as pool:
+        weights = list(pool.map(load, range(4)))
+    assert seen and all(setting == before for setting in seen)
+    assert (os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE) == before
+    for w in weights:
+        torch.testing.assert_close(w, state["fc.weight"])
+    assert no_network == []
+
+
+def test_a_timm_download_from_a_server_that_never_answers_times_out(tmp_path):
+    """A server on the loopback accepts connections and never answers: the download must give
+    up after its timeout (2 s here), not after the hub client's retries."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{server.getsockname()[1]}"
+    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf"),
+               HF_HUB_DISABLE_TELEMETRY="1")
+    for name in ("HF_HUB_OFFLINE", "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        env.pop(name, None)
+    code = ("import featurize.downloads as d; d.TIMEOUT_S = 2; "
+            "d.download_weights('timm:resnet18')")
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=90, check=False)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+    elapsed = time.perf_counter() - start
+    assert done.returncode != 0 and "DownloadError" in done.stderr, done.stderr[-2000:]
+    assert endpoint in done.stderr and "featurize download timm:resnet18" in done.stderr
+    assert elapsed < 30, elapsed  # about the interpreter's start, timm's import and 2 s

@@ -1,0 +1,206 @@
+"""The data side of fine-tuning: which images and classes, the split, decoding in threads.
+
+* :func:`check_classes`: the classes a training folder can be trained on (the rule of
+  ``featurize train``: classes with readable images, at least 2 of them);
+* :func:`split_train_val`: a seeded, stratified validation split that never takes a class's only
+  image;
+* :func:`iter_batches`: uint8 batches decoded and transformed by a bounded pool of threads.
+  Pillow releases the GIL while it decodes, drafts and resizes, so threads decode in parallel
+  with nothing to pickle, fork or bootstrap: fine-tuning runs the same under every
+  multiprocessing start method (``spawn`` on macOS and Windows, ``forkserver``), inside
+  scikit-learn's or Dask's worker processes and in notebooks. No process is started.
+* :func:`augment`: random resized crop and horizontal flip drawn from a per-image seed, so the
+  result does not depend on which thread ran first.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featurize.exceptions import ImageDecodeError
+
+logger = logging.getLogger("featurize.finetune")
+
+#: Area range and aspect ratios of the random resized crop (torchvision's ratios).
+CROP_SCALE = (0.35, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def check_classes(data_dir, target: np.ndarray, names: Sequence[str], *,
+                  log: bool = True) -> list[int]:
+    """The labels (indices into ``names``) that have images, or ValueError like ``train``'s.
+
+    Parameters
+    ----------
+    data_dir : path
+        The training folder, for the message.
+    target : ndarray of shape (n_images,)
+        Label index of each readable image.
+    names : sequence of str
+        Class folder names.
+    log : bool, default=True
+        Warn about the class folders left out.
+
+    Returns
+    -------
+    list of int
+        The labels that have at least one image, sorted. Empty class folders are left out (a
+        ``UserWarning`` names them), as ``featurize train`` leaves them out.
+
+    Raises
+    ------
+    ValueError
+        When fewer than 2 classes have readable images; the words of ``featurize train``.
+    """
+    present = sorted(int(c) for c in np.unique(target))
+    if len(present) < 2:
+        raise ValueError(f"{data_dir} has fewer than 2 classes with readable images.")
+    empty = [names[c] for c in range(len(names)) if c not in present]
+    if empty and log:
+        warnings.warn("Class folders without a readable image are left out: "
+                      f"{', '.join(repr(n) for n in empty)}.", UserWarning, stacklevel=3)
+    return present
+
+
+def split_train_val(target: np.ndarray, fraction: float, seed: int,
+                    names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of row indices into training and validation rows.
+
+    Each class gives ``round(fraction * n)`` images to validation, at least 1 and always leaving
+    1 for training; a class with a single image keeps it for training and is never validated
+    (a ``UserWarning`` names it), as cross-validation does in ``featurize train``.
+    (``sklearn.model_selection.train_test_split`` refuses a class of one image and a validation
+    part smaller than the number of classes, both common in small folders.)
+
+    Returns
+    -------
+    train, val : ndarray of int
+        Sorted row indices.
+    """
+    rng = np.random.default_rng(seed)
+    train, val, single = [], [], []
+    for label in np.unique(target):
+        rows = rng.permutation(np.flatnonzero(target == label))
+        if len(rows) < 2:
+            single.append(names[int(label)])
+            train.extend(rows)
+            continue
+        n_val = min(max(1, int(round(fraction * len(rows)))), len(rows) - 1)
+        val.extend(rows[:n_val])
+        train.extend(rows[n_val:])
+    if single:
+        warnings.warn("Classes with a single readable image are trained on and never "
+                      f"validated: {', '.join(repr(n) for n in single)}.", UserWarning,
+                      stacklevel=3)
+    return np.sort(np.asarray(train, dtype=np.int64)), np.sort(np.asarray(val, dtype=np.int64))
+
+
+def crop_box(rng: np.random.Generator, width: int, height: int,
+             scale=CROP_SCALE, ratio=CROP_RATIO) -> tuple[int, int, int, int]:
+    """A random ``(left, top, right, bottom)`` box: torchvision's ``RandomResizedCrop`` rule.
+
+    Drawn from ``rng`` rather than torch's global generator, which threads would share.
+    """
+    area = width * height
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = float(np.exp(rng.uniform(*log_ratio)))
+        w = int(round(np.sqrt(target_area * aspect)))
+        h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height  # fallback: the largest central box within the ratios
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def augment(image: Image.Image, seed: int, size: int, resample: int) -> torch.Tensor:
+    """Random resized crop to ``size`` and horizontal flip, drawn from ``seed``; uint8 CHW."""
+    rng = np.random.default_rng(seed)
+    box = crop_box(rng, *image.size)
+    image = image.resize((size, size), resample, box=box)
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def _load(work: Callable, item):
+    try:
+        return work(item)
+    except ImageDecodeError as exc:
+        return exc
+
+
+def iter_batches(items: Sequence, work: Callable, batch_size: int, threads: int,
+                 ) -> Iterator[tuple[list, torch.Tensor | None, list[tuple[object, str]]]]:
+    """Run ``work(item)`` on every item, in a thread pool, and yield batches in order.
+
+    Parameters
+    ----------
+    items : sequence
+        What ``work`` takes (e.g. ``(row, seed)`` pairs).
+    work : callable
+        Returns a uint8 tensor of shape ``(3, H, W)``, or raises
+        :class:`~featurize.exceptions.ImageDecodeError`.
+    batch_size : int
+    threads : int
+        Decoding threads; 0 decodes in the calling thread. At most two batches are decoded
+        ahead of the one being consumed.
+
+    Yields
+    ------
+    kept : list
+        The items of the batch that decoded.
+    images : Tensor of shape (len(kept), 3, H, W) or None
+        None when no item of the batch decoded.
+    failures : list of (item, reason)
+    """
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    if threads <= 0:
+        for chunk in chunks:
+            yield _collect(chunk, [_load(work, item) for item in chunk])
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="featurize-finetune")
+    try:
+        pending: deque = deque()
+        upcoming = iter(chunks)
+
+        def submit():
+            chunk = next(upcoming, None)
+            if chunk is not None:
+                pending.append((chunk, [pool.submit(_load, work, item) for item in chunk]))
+
+        submit()
+        submit()
+        while pending:
+            chunk, futures = pending.popleft()
+            submit()
+            yield _collect(chunk, [future.result() for future in futures])
+    finally:  # Ctrl-C or an early stop: drop what was queued, wait for what runs (< 2 batches)
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _collect(chunk, results):
+    kept = [item for item, r in zip(chunk, results) if not isinstance(r, ImageDecodeError)]
+    failures = [(item, r.reason) for item, r in zip(chunk, results)
+                if isinstance(r, ImageDecodeError)]
+    tensors = [r for r in results if not isinstance(r, ImageDecodeError)]
+    return kept, (torch.stack(tensors) if tensors else None), failures
