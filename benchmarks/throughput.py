@@ -333,16 +333,30 @@ def machine_limit(engines: dict, decode_ms: float, device) -> dict:
                       "forward_core_ms": forward_ms, "decode_core_ms": round(decode_ms, 3)}}
 
 
+def speedups(engines: dict, base: str) -> dict:
+    """Each variant's images/s over ``base``'s: the median of the per-repeat ratios."""
+    return {label: statistics.median(r / b for r, b in zip(row["per_repeat"],
+                                                           engines[base]["per_repeat"]))
+            for label, row in engines.items()}
+
+
+def _bases(engines: dict) -> list[str]:
+    """The references of the speed-up columns: eager fp32 (first) and ONNX Runtime fp32."""
+    return list(dict.fromkeys([next(iter(engines))]
+                              + [label for label in ("onnxruntime-fp32",) if label in engines]))
+
+
 def print_engines(engines: dict, build: dict, title: str) -> None:
     print(f"\n{title}")
-    print(f"{'engine-precision':<22}{'images/s':>10}{'vs first':>10}{'core ms':>9}"
-          f"{'min cos':>10}{'max abs':>10}{'build s':>9}")
-    first = engines[next(iter(engines))]
+    bases = _bases(engines)
+    columns = {base: speedups(engines, base) for base in bases}
+    print(f"{'engine-precision':<22}{'images/s':>10}"
+          + "".join(f"{'vs ' + base.replace('onnxruntime', 'ort'):>14}" for base in bases)
+          + f"{'core ms':>9}{'min cos':>10}{'max abs':>10}{'build s':>9}")
     for label, row in engines.items():
-        speedup = statistics.median(r / f for r, f in zip(row["per_repeat"],
-                                                          first["per_repeat"]))
-        print(f"{label:<22}{row['images_per_s']:>10.1f}{speedup:>10.2f}"
-              f"{row['core_ms_per_image']:>9.2f}{row['min_cosine']:>10.5f}"
+        print(f"{label:<22}{row['images_per_s']:>10.1f}"
+              + "".join(f"{columns[base][label]:>14.2f}" for base in bases)
+              + f"{row['core_ms_per_image']:>9.2f}{row['min_cosine']:>10.5f}"
               f"{row['max_abs_diff']:>10.2g}{build.get(label, float('nan')):>9.1f}")
 
 
@@ -364,7 +378,12 @@ def engine_report(engines: dict, build: dict, limit: dict) -> dict:
     """The JSON entries of the engine table and the limit."""
     return {"engines": {label: row["images_per_s"] for label, row in engines.items()},
             "engines_detail": {label: {**row, "build_s": round(build[label], 2)}
-                               for label, row in engines.items()}, **limit}
+                               for label, row in engines.items()},
+            "engine_speedups": {f"{label}/{base}": round(value, 3)
+                                for base in _bases(engines)
+                                for label, value in speedups(engines, base).items()
+                                if label != base},
+            **limit}
 
 
 def print_limit(limit: dict) -> None:

@@ -10,7 +10,7 @@ from classify.cv import CVResult, cross_validate_head
 from classify.folders import Evaluation, evaluate_folder, predict_table
 from classify.heads import HEADS, default_param_grid, list_heads, make_head
 from classify.metrics import SCORE_NAMES, compute_scores
-from classify.model import FORMAT_VERSION, FittedModel, fit_selected, load_model, train_model
+from classify.model import FORMAT_VERSION, FittedModel, load_model
 from classify.reports import confusion_frame, per_class_report
 from classify.selection import (
     DEFAULT_HEADS,
@@ -22,7 +22,13 @@ from classify.selection import (
     split_columns,
 )
 from classify.splits import AdaptiveStratifiedKFold, SmallClassWarning
-from classify.training import DEFAULT_BACKBONES, candidate_features, train_folder
+from classify.training import (
+    DEFAULT_BACKBONES,
+    candidate_features,
+    fit_selected,
+    train_folder,
+    train_model,
+)
 
 
 def __getattr__(name: str):

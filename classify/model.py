@@ -20,33 +20,31 @@ import logging
 import os
 import pickle
 import zlib
-from collections.abc import Mapping
 
 import joblib
 import numpy as np
 import sklearn
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from classify import folders
-from classify.finetuned import read_finetuned
 from classify.features import (
     NUMERIC_PARAMS,
     Features,
-    absolute_weights,
     build_extractors,
     config_features,
     describe_featurizer,
     featurizer_parts,
     fitted_featurizer_config,
 )
+# LinearHead: a saved fine-tuned model's pickle names it here
+from classify.finetuned import LinearHead, read_finetuned  # noqa: F401
 from classify.reports import format_frame, format_scores, optimism_note
-from classify.selection import SelectionResult, feature_set_name, select_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "FittedModel", "describe_featurizer", "featurizer_parts",
-           "load_model", "train_model"]
+           "load_model"]
 
 #: Layout version of saved model files; bump it when a change makes old files unreadable.
 #: 2: ``featurizer_config`` may be ``{"parts": [config, ...]}`` (features of several backbones,

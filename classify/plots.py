@@ -104,7 +104,7 @@ def plot_selection_heatmap(result, *, score: str | None = None, ax=None, cmap: s
     Parameters
     ----------
     result : SelectionResult, FittedModel or pandas.DataFrame
-        A selection, a model trained by :func:`~classify.model.train_model` (its
+        A selection, a model trained by :func:`~classify.training.train_model` (its
         ``reports["table"]``), or such a table.
     score : str, default=None
         Score to show (default: the selection's scoring, or balanced accuracy for a table).

@@ -14,17 +14,21 @@ The model records its training images relative to the training folder, with thei
 
 from __future__ import annotations
 
+import datetime
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import sklearn
+from sklearn.utils.validation import check_array
 
 from classify.features import (
     DEFAULT_BACKBONE,
     absolute_weights,
     build_extractors,
+    describe_featurizer,
     extract_configs,
 )
 from classify.model import FORMAT_VERSION, FittedModel, featurize_version

@@ -4,22 +4,21 @@
   ``featurize train``: classes with readable images, at least 2 of them);
 * :func:`split_train_val`: a seeded, stratified validation split that never takes a class's only
   image;
-* :func:`iter_batches`: uint8 batches decoded and transformed by a bounded pool of threads.
-  Pillow releases the GIL while it decodes, drafts and resizes, so threads decode in parallel
-  with nothing to pickle, fork or bootstrap: fine-tuning runs the same under every
-  multiprocessing start method (``spawn`` on macOS and Windows, ``forkserver``), inside
-  scikit-learn's or Dask's worker processes and in notebooks. No process is started.
+* :func:`iter_batches`: uint8 batches decoded and transformed by the bounded thread pool of
+  :func:`featurize.data.decode_in_threads`. Pillow releases the GIL while it decodes, drafts
+  and resizes, so threads decode in parallel with nothing to pickle, fork or bootstrap:
+  fine-tuning runs the same under every multiprocessing start method (``spawn`` on macOS and
+  Windows, ``forkserver``), inside scikit-learn's or Dask's worker processes and in
+  notebooks. No process is started.
 * :func:`augment`: random resized crop and horizontal flip drawn from a per-image seed, so the
   result does not depend on which thread ran first.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 
 import numpy as np
 import torch
@@ -27,15 +26,13 @@ from PIL import Image
 
 from featurize.exceptions import ImageDecodeError
 
-logger = logging.getLogger("featurize.finetune")
-
 #: Area range and aspect ratios of the random resized crop (torchvision's ratios).
 CROP_SCALE = (0.35, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
 def check_classes(data_dir, target: np.ndarray, names: Sequence[str], *,
-                  log: bool = True) -> list[int]:
+                  listed: np.ndarray | None = None) -> list[int]:
     """The labels (indices into ``names``) that have images, or ValueError like ``train``'s.
 
     Parameters
@@ -46,14 +43,15 @@ def check_classes(data_dir, target: np.ndarray, names: Sequence[str], *,
         Label index of each readable image.
     names : sequence of str
         Class folder names.
-    log : bool, default=True
-        Warn about the class folders left out.
+    listed : ndarray, default=None
+        Label of every image listed before decoding: a ``UserWarning`` names the classes that
+        had images but none readable (the folder listing already named the empty folders).
 
     Returns
     -------
     list of int
-        The labels that have at least one image, sorted. Empty class folders are left out (a
-        ``UserWarning`` names them), as ``featurize train`` leaves them out.
+        The labels that have at least one image, sorted. Empty class folders are left out, as
+        ``featurize train`` leaves them out.
 
     Raises
     ------
@@ -63,10 +61,11 @@ def check_classes(data_dir, target: np.ndarray, names: Sequence[str], *,
     present = sorted(int(c) for c in np.unique(target))
     if len(present) < 2:
         raise ValueError(f"{data_dir} has fewer than 2 classes with readable images.")
-    empty = [names[c] for c in range(len(names)) if c not in present]
-    if empty and log:
-        warnings.warn("Class folders without a readable image are left out: "
-                      f"{', '.join(repr(n) for n in empty)}.", UserWarning, stacklevel=3)
+    emptied = [] if listed is None else sorted(set(np.unique(listed).tolist()) - set(present))
+    if emptied:
+        warnings.warn("Classes without a readable image are left out: "
+                      f"{', '.join(repr(names[c]) for c in emptied)}.", UserWarning,
+                      stacklevel=3)
     return present
 
 
@@ -93,7 +92,7 @@ def split_train_val(target: np.ndarray, fraction: float, seed: int,
             single.append(names[int(label)])
             train.extend(rows)
             continue
-        n_val = min(max(1, int(round(fraction * len(rows)))), len(rows) - 1)
+        n_val = min(max(1, round(fraction * len(rows))), len(rows) - 1)
         val.extend(rows[:n_val])
         train.extend(rows[n_val:])
     if single:
@@ -114,17 +113,17 @@ def crop_box(rng: np.random.Generator, width: int, height: int,
     for _ in range(10):
         target_area = area * rng.uniform(*scale)
         aspect = float(np.exp(rng.uniform(*log_ratio)))
-        w = int(round(np.sqrt(target_area * aspect)))
-        h = int(round(np.sqrt(target_area / aspect)))
+        w = round(np.sqrt(target_area * aspect))
+        h = round(np.sqrt(target_area / aspect))
         if 0 < w <= width and 0 < h <= height:
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
             return left, top, left + w, top + h
     in_ratio = width / height  # fallback: the largest central box within the ratios
     if in_ratio < ratio[0]:
-        w, h = width, int(round(width / ratio[0]))
+        w, h = width, round(width / ratio[0])
     elif in_ratio > ratio[1]:
-        w, h = int(round(height * ratio[1])), height
+        w, h = round(height * ratio[1]), height
     else:
         w, h = width, height
     left, top = (width - w) // 2, (height - h) // 2
@@ -142,16 +141,12 @@ def augment(image: Image.Image, seed: int, size: int, resample: int) -> torch.Te
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def _load(work: Callable, item):
-    try:
-        return work(item)
-    except ImageDecodeError as exc:
-        return exc
-
-
 def iter_batches(items: Sequence, work: Callable, batch_size: int, threads: int,
                  ) -> Iterator[tuple[list, torch.Tensor | None, list[tuple[object, str]]]]:
     """Run ``work(item)`` on every item, in a thread pool, and yield batches in order.
+
+    The thread pool is :func:`featurize.data.decode_in_threads`'s (bounded prefetch, queued
+    work cancelled when the consumer stops).
 
     Parameters
     ----------
@@ -173,34 +168,20 @@ def iter_batches(items: Sequence, work: Callable, batch_size: int, threads: int,
         None when no item of the batch decoded.
     failures : list of (item, reason)
     """
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    if threads <= 0:
-        for chunk in chunks:
-            yield _collect(chunk, [_load(work, item) for item in chunk])
-        return
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="featurize-finetune")
-    try:
-        pending: deque = deque()
-        upcoming = iter(chunks)
+    from featurize.data import decode_in_threads
 
-        def submit():
-            chunk = next(upcoming, None)
-            if chunk is not None:
-                pending.append((chunk, [pool.submit(_load, work, item) for item in chunk]))
+    def load(item):
+        try:
+            return item, work(item)
+        except ImageDecodeError as exc:
+            return item, exc
 
-        submit()
-        submit()
-        while pending:
-            chunk, futures = pending.popleft()
-            submit()
-            yield _collect(chunk, [future.result() for future in futures])
-    finally:  # Ctrl-C or an early stop: drop what was queued, wait for what runs (< 2 batches)
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _collect(chunk, results):
-    kept = [item for item, r in zip(chunk, results) if not isinstance(r, ImageDecodeError)]
-    failures = [(item, r.reason) for item, r in zip(chunk, results)
-                if isinstance(r, ImageDecodeError)]
-    tensors = [r for r in results if not isinstance(r, ImageDecodeError)]
-    return kept, (torch.stack(tensors) if tensors else None), failures
+    done = decode_in_threads(load, ((item,) for item in items), threads, 2 * batch_size)
+    while True:
+        chunk = list(islice(done, batch_size))
+        if not chunk:
+            return
+        kept = [item for item, r in chunk if not isinstance(r, ImageDecodeError)]
+        failures = [(item, r.reason) for item, r in chunk if isinstance(r, ImageDecodeError)]
+        tensors = [r for _, r in chunk if not isinstance(r, ImageDecodeError)]
+        yield kept, (torch.stack(tensors) if tensors else None), failures

@@ -280,8 +280,8 @@ default="auto"
 
     def _engine_key(self, name: str) -> tuple:
         return (self.backbone.name, str(self.backbone.weights), self.backbone.weights_sha256,
-                self.backbone.library, tuple(self.layers), self.pooling, str(self.device), self.precision, name,
-                self.preprocessing.crop_size, self.channels_last)
+                self.backbone.library, tuple(self.layers), self.pooling, str(self.device),
+                self.precision, name, self.preprocessing.crop_size, self.channels_last)
 
     def prepare_engine(self, batch: torch.Tensor | None = None) -> str:
         """Build (or reuse) the engine before the first batch; returns :attr:`engine_name`.

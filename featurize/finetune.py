@@ -41,6 +41,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from featurize._finetune_checkpoint import (
+    FORMAT,
+    failure_list,
+    is_finetuned_checkpoint,
+    record_history,
+    save_checkpoint,
+)
 from featurize._finetune_data import (
     CROP_SCALE,
     augment,
@@ -54,7 +61,6 @@ __all__ = ["FORMAT", "FinetuneResult", "finetune", "is_finetuned_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "featurize.finetuned"
 #: ``C`` values of the probe's logistic regression, chosen by validation log loss.
 PROBE_CS = (0.01, 0.1, 1.0)
 
@@ -100,12 +106,7 @@ class FinetuneResult:
     def failed(self) -> list:
         """``(path, reason)`` of every file left out: skipped by the listing, then unreadable
         (what ``featurize train`` lists)."""
-        return list(self.skipped) + _failure_list(self.paths, self.failures)
-
-
-def is_finetuned_checkpoint(payload) -> bool:
-    """Whether a loaded object is a checkpoint written by :func:`finetune`."""
-    return isinstance(payload, dict) and payload.get("format") == FORMAT
+        return list(self.skipped) + failure_list(self.paths, self.failures)
 
 
 def _stages(model: nn.Module, layers, classifier: str) -> list[str]:
@@ -190,7 +191,7 @@ def finetune(data_dir, out, *, backbone: str = "efficientnet_lite2", weights="DE
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast type of training (see :func:`autocast_dtype`).
     num_workers : int or None, default=None
-        Decoding threads (None: up to 4, one per core; 0: decode in the calling thread).
+        Decoding threads (None: one per core, at most 8; 0: decode in the calling thread).
     verbose : int, default=1
         Progress (tqdm on a terminal, else log lines) and one log line per epoch.
     check_labels : callable, default=None
@@ -209,6 +210,7 @@ def finetune(data_dir, out, *, backbone: str = "efficientnet_lite2", weights="DE
     FinetuneResult
     """
     from featurize.backbones import load_backbone
+    from featurize.data import default_decode_threads
     from featurize.extraction import resolve_device
     from featurize.folder import load_image_folder
     from featurize.layers import penultimate_module, trace_layers
@@ -235,10 +237,10 @@ def finetune(data_dir, out, *, backbone: str = "efficientnet_lite2", weights="DE
 
     if check_labels is not None:
         check_labels(np.asarray(data.target_names)[data.target])
-    check_classes(data_dir, data.target, data.target_names, log=False)  # before any decoding
+    check_classes(data_dir, data.target, data.target_names)  # before any decoding
     dev = resolve_device(device)
     amp = autocast_dtype(precision, dev)
-    threads = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+    threads = default_decode_threads(len(data.paths)) if num_workers is None else num_workers
     # A private RNG state, restored for the caller afterwards, seeded after the network is
     # built (building it consumes random numbers; a second call is served from the backbone
     # memo and does not: the numbers must not depend on it).
@@ -347,7 +349,8 @@ class _Run:
                            "'failures' of the result and of the checkpoint list them).",
                            len(failures), len(paths))
         rows = np.asarray(sorted(feats), dtype=np.int64)
-        present = check_classes(data.root, data.target[rows], data.target_names)
+        present = check_classes(data.root, data.target[rows], data.target_names,
+                                listed=data.target)
         classes = [data.target_names[c] for c in present]
         y_all = np.searchsorted(present, data.target[rows])
         tr, va = split_train_val(y_all, val_fraction, seed, classes)
@@ -365,9 +368,9 @@ class _Run:
         del feats
         history, best = [], {"score": (-1.0, 0.0), "epoch": 0}
         val_paths = [paths[r] for r in rows[va]]
-        failed_files = partial(_failure_list, paths, failures, data.skipped)
-        save = partial(_save, out, model, classifier, original_head, meta, classes, val_paths,
-                       failed_files)
+        failed_files = partial(failure_list, paths, failures, data.skipped)
+        save = partial(save_checkpoint, out, model, classifier, original_head, meta, classes,
+                       val_paths, failed_files)
 
         def record(epoch, stage, loss):
             score, val_loss = self._evaluate(paths, rows[va], y_all[va], failures)
@@ -397,7 +400,7 @@ class _Run:
             interrupted = True
             if not history:
                 raise
-        _record_history(out, history, failed_files())
+        record_history(out, history, failed_files())
         return FinetuneResult(str(out), paths, classes, best["epoch"], best["score"][0], history,
                               time.perf_counter() - self.start, interrupted, failures,
                               list(data.skipped))
@@ -450,7 +453,8 @@ class _Run:
             progress = self._progress(f"epoch {epoch}", len(order))
             total, count = 0.0, 0
             try:
-                for kept, images, failed in iter_batches(list(zip(order, seeds)), work,
+                for kept, images, failed in iter_batches(list(zip(order.tolist(),
+                                                                  seeds.tolist())), work,
                                                          self.batch_size, self.threads):
                     _add_failures(failures, {row: why for (row, _), why in failed}, paths)
                     progress.advance(len(kept) + len(failed))
@@ -508,45 +512,3 @@ def _add_failures(failures: dict, failed: dict, paths) -> None:
         if row not in failures:
             failures[row] = reason
             logger.warning("Left out %s: %s", paths[row], reason)
-
-
-def _failure_list(paths, failures: dict, skipped=()) -> list:
-    """``(path, reason)`` of the skipped files, then of the unreadable images."""
-    return [(str(p), str(r)) for p, r in skipped] + [
-        (paths[row], reason) for row, reason in sorted(failures.items())]
-
-
-def _record_history(out, history, failed: list) -> None:
-    """Rewrite the best checkpoint with the whole history (it was saved mid-run)."""
-    payload = torch.load(out, map_location="cpu", weights_only=True)
-    payload["history"] = [dict(row) for row in history]
-    payload["failures"] = [list(f) for f in failed]
-    _write_atomic(payload, out)
-
-
-def _write_atomic(payload: dict, out) -> None:
-    """``torch.save`` beside ``out``, then rename: a kill never leaves a partial checkpoint."""
-    tmp = f"{os.fspath(out)}.tmp-{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _save(out, model, classifier, original_head, meta, classes, val_paths, failed_files,
-          history, best) -> None:
-    """Write the checkpoint beside ``out`` and rename it (atomic)."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    head_weight = state.pop(f"{classifier}.weight")
-    head_bias = state.pop(f"{classifier}.bias")
-    for key, value in original_head.state_dict().items():  # the backbone's own shape
-        state[f"{classifier}.{key}"] = value.detach().cpu().clone()
-    payload = {"format": FORMAT, **meta, "classifier": classifier,
-               "classes": [str(c) for c in classes], "state_dict": state,
-               "head_weight": head_weight, "head_bias": head_bias,
-               "best_epoch": int(best["epoch"]), "val_balanced_accuracy": float(best["score"][0]),
-               "history": [dict(row) for row in history], "val_paths": list(val_paths),
-               "failures": [list(f) for f in failed_files()]}
-    _write_atomic(payload, out)

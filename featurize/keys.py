@@ -193,6 +193,32 @@ _KEY_MEMO_MAX = 500_000  # about 150 MB at most; emptied when full
 _RACY_NS = 2_000_000_000
 
 
+def _stat_memo(source) -> tuple[tuple | None, os.stat_result | None]:
+    """The memo entry of a regular file as it is now, and its stat (None, None otherwise)."""
+    if isinstance(source, str):  # the common case first: isinstance(x, os.PathLike) is slow
+        path = source
+    elif isinstance(source, os.PathLike):
+        path = os.fspath(source)
+    else:
+        return None, None
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError, TypeError):
+        return None, None
+    if not stat.S_ISREG(st.st_mode):
+        return None, None
+    return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), st
+
+
+def remembered_content_key(source) -> str | None:
+    """The key :func:`file_content_key` remembers for the file as it is now, or None.
+
+    One ``stat``, no byte read: what a warm cache needs to serve a file it has seen.
+    """
+    memo, _ = _stat_memo(source)
+    return None if memo is None else _KEY_MEMO.get(memo)
+
+
 def file_content_key(source) -> str:
     """:func:`featurize.cache.content_key`, memoized for regular files by their ``stat``.
 
@@ -209,19 +235,9 @@ def file_content_key(source) -> str:
     -------
     str
     """
-    if isinstance(source, str):  # the common case first: isinstance(x, os.PathLike) is slow
-        path = source
-    elif isinstance(source, os.PathLike):
-        path = os.fspath(source)
-    else:
-        return content_key(source)
-    try:
-        st = os.stat(path)
-    except (OSError, ValueError):
-        return content_key(source)  # raises the error content_key gives
-    if not stat.S_ISREG(st.st_mode):
-        return content_key(source)
-    memo = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    memo, st = _stat_memo(source)
+    if memo is None:
+        return content_key(source)  # not a regular file: hashed (or its error raised)
     key = _KEY_MEMO.get(memo)  # dict reads and writes are atomic: no lock needed
     if key is not None:
         return key

@@ -37,7 +37,7 @@ import numpy as np
 from featurize.data import Decoder, collate, decode_in_threads, default_decode_threads
 from featurize.decoding import describe_source, load_image
 from featurize.exceptions import ImageDecodeError
-from featurize.keys import file_content_key
+from featurize.keys import file_content_key, remembered_content_key
 from featurize.progress import Progress
 
 __all__ = ["ArraySink", "CountingSink", "Task", "run_extraction", "run_extractions",
@@ -304,19 +304,27 @@ class _Plan:
 
 
 def _hash_chunk(sources, rows: range, max_pixels: int) -> tuple[list, dict[int, str]]:
-    """Content keys of ``rows`` (None where unreadable), and why each unreadable row is."""
+    """Content keys of ``rows`` (None where unreadable), and why each unreadable row is.
+
+    Files hashed before and unchanged since (one ``stat``) are answered here; the others are
+    hashed in a thread pool (hashing releases the GIL).
+    """
     def key_of(row):
         try:
             return file_content_key(sources[row])
         except (OSError, ValueError, TypeError):
             return None
 
-    paths = all(isinstance(sources[r], (str, os.PathLike)) for r in rows)
-    if paths and len(rows) > 1:
-        with ThreadPoolExecutor(max_workers=min(8, len(rows))) as pool:
-            keys = list(pool.map(key_of, rows))
+    keys = [remembered_content_key(sources[row]) for row in rows]
+    todo = [i for i, key in enumerate(keys) if key is None]
+    paths = all(isinstance(sources[rows[i]], (str, os.PathLike)) for i in todo)
+    if paths and len(todo) > 1:
+        with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+            hashed = list(pool.map(key_of, (rows[i] for i in todo)))
     else:
-        keys = [key_of(r) for r in rows]
+        hashed = [key_of(rows[i]) for i in todo]
+    for i, key in zip(todo, hashed):
+        keys[i] = key
     unreadable = {row: _unreadable_reason(sources[row], max_pixels)
                   for row, key in zip(rows, keys) if key is None}
     return keys, unreadable

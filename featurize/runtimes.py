@@ -14,7 +14,7 @@ engine runs the same :class:`featurize.layers.TruncatedNet`:
     The same exported ONNX graph, compiled by OpenVINO's CPU plugin in fp32 or bf16 (its
     ``INFERENCE_PRECISION_HINT``), with torch's thread count and as many parallel streams
     as OpenVINO finds best. In bf16 on a CPU that computes it natively (AMX or AVX-512 BF16,
-    :func:`featurize.hardware.cpu_has_native_bf16`) about 2-3x ONNX Runtime fp32. Part of
+    :func:`featurize.hardware.cpu_has_native_bf16`) 2.2-2.6x ONNX Runtime fp32. Part of
     the default install where OpenVINO has a wheel (Linux, macOS and Windows on x86-64;
     Linux and macOS on arm64). Safe to call from several threads at once: each call runs on
     infer requests of its own.
@@ -292,7 +292,7 @@ class _OpenVinoEngine(Engine):
     chunks of a batch (up to 4 per stream, of at least 4 images) run in parallel on
     OpenVINO's streams (``PERFORMANCE_HINT`` ``THROUGHPUT``): on 2 cores 2 streams of 1
     thread are 1.1-1.3x one stream of 2 threads (for the reason given in
-    :class:`_OnnxRuntimeEngine`), and 8 chunks of 4 images 1.1-1.15x 2 chunks of 16
+    :class:`_OnnxRuntimeEngine`), and 8 chunks of 4 images 1.08-1.16x 2 chunks of 16
     (``benchmarks/README.md``). Rows do not depend on the split (bit for bit).
     """
 

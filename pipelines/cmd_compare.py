@@ -65,7 +65,7 @@ def paired_comparison(y_true, pred_a, pred_b) -> dict:
     right_a, right_b = pred_a == y_true, pred_b == y_true
     only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {"n": int(len(y_true)), "disagree": int(np.sum(pred_a != pred_b)),
+    return {"n": len(y_true), "disagree": int(np.sum(pred_a != pred_b)),
             "only_a": only_a, "only_b": only_b, "p_value": float(p_value)}
 
 

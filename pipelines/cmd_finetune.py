@@ -57,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="training images per step (default 32)")
     parser.add_argument("--workers", "--num-workers", dest="workers", type=int, default=None,
                         metavar="N", help="threads decoding images (default: one per core, at "
-                                          "most 4; 0: none)")
+                                          "most 8; 0: none)")
     parser.set_defaults(func=run)
 
 

@@ -125,7 +125,7 @@ def test_every_option_has_help_that_states_its_default():
     ("train", ["--layers", "a,b"], ["--layer", "a", "--layer", "b"]),
     ("train", ["--poolings", "avg,max"], ["--pooling", "avg", "--pooling", "max"]),
     ("train", ["--json"], ["--format", "json"]),
-    ("sweep", ["--poolings", "gem"], ["--pooling", "gem"]),
+    ("sweep", ["--poolings", "avg,gem"], ["--pooling", "avg", "--pooling", "gem"]),
     ("evaluate", ["--json"], ["--format", "json"]),
     ("predict", ["--num-workers", "2"], ["--workers", "2"]),
     ("report", ["--num-workers", "2"], ["--workers", "2"]),

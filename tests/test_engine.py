@@ -7,8 +7,6 @@ middle one and the penultimate embedding.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
