@@ -304,6 +304,7 @@ class _OpenVinoEngine(Engine):
         self.precision = precision
         self.streams = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        self._pid = os.getpid()
 
     def _request(self):
         try:
@@ -312,6 +313,12 @@ class _OpenVinoEngine(Engine):
             return self.compiled.create_infer_request()
 
     def run(self, batch: torch.Tensor) -> tuple:
+        if os.getpid() != self._pid:  # an error, not a hang (see _forked_after_openvino)
+            raise BackboneError(
+                f"This OpenVINO engine was built in process {self._pid} and cannot run in"
+                f" process {os.getpid()}, forked from it: OpenVINO hangs after fork. Build the"
+                " Extractor in the child of a 'spawn' or 'forkserver' start method, or use"
+                " engine='onnxruntime' (precision='fp32') in forked children.")
         array = np.ascontiguousarray(batch.cpu().numpy())
         chunks = np.array_split(array, max(1, min(len(array) // 4, 4 * self.streams)))
         requests = [self._request() for _ in chunks]

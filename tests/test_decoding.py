@@ -449,59 +449,6 @@ def test_concurrent_threads(corpus: dict[str, CorpusItem]) -> None:
     assert _pillow_state() == before
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_fork_while_another_thread_decodes(corpus: dict[str, CorpusItem]) -> None:
-    # A DataLoader may fork its workers while a thread of the parent is decoding: the child must
-    # start with the user's Pillow settings and a usable lock.
-    user_limit = Image.MAX_IMAGE_PIXELS
-    inside, release = threading.Event(), threading.Event()
-
-    class BlockingImage(Image.Image):
-        def load(self) -> object:
-            inside.set()
-            release.wait(10)
-            return super().load()
-
-    blocking = Image.new("RGB", (4, 4))
-    blocking.__class__ = BlockingImage
-    thread = threading.Thread(target=load_image, args=(blocking,))
-    thread.start()
-    try:
-        assert inside.wait(10)
-        assert Image.MAX_IMAGE_PIXELS is None  # the documented, temporary override
-        pid = os.fork()
-        if pid == 0:  # child
-            ok = Image.MAX_IMAGE_PIXELS == user_limit and ImageFile.LOAD_TRUNCATED_IMAGES is False
-            try:
-                ok = ok and load_image(corpus["jpeg"].source).size == (64, 48)
-                ok = ok and Image.MAX_IMAGE_PIXELS == user_limit
-            finally:
-                os._exit(0 if ok else 1)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        release.set()
-        thread.join(10)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert Image.MAX_IMAGE_PIXELS == user_limit
-
-
-# --------------------------------------------------------------------------------------------
-# Orientation and draft decoding
-# --------------------------------------------------------------------------------------------
-
-# EXIF orientation -> how the stored pixels are shown (EXIF 2.3, tag 0x0112).
-_ORIENTED = {
-    1: lambda a: a,
-    2: lambda a: a[:, ::-1],  # mirrored horizontally
-    3: lambda a: a[::-1, ::-1],  # rotated 180
-    4: lambda a: a[::-1, :],  # mirrored vertically
-    5: lambda a: a.transpose(1, 0, 2),  # mirrored + rotated: transpose
-    6: lambda a: np.rot90(a, -1),  # rotate 90 clockwise to display
-    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),  # transverse
-    8: lambda a: np.rot90(a, 1),  # rotate 90 counter-clockwise to display
-}
-
-
 @pytest.mark.parametrize("orientation", sorted(_ORIENTED))
 def test_every_exif_orientation(orientation: int) -> None:
     stored = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)

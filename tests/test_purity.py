@@ -285,7 +285,9 @@ def test_train_saves_the_resolved_precision(tmp_path, hymenoptera):
                      "--heads", "logreg", "--no-probability"])
     assert code == 0
     precision = load_model(out).featurizer_config["precision"]
-    assert precision == ("fp32" if not torch.cuda.is_available() else precision)
+    from featurize.extraction import resolve_precision
+
+    assert precision == resolve_precision("auto", torch.device("cpu"))
     assert precision != "auto"
 
 

@@ -403,6 +403,9 @@ def test_bombs_and_extreme_sizes_are_handled_without_allocating_them(corpus, res
     pixels = np.zeros((2, 200_000), np.uint8)
     pixels[:, 100_000:] = 255
     Image.fromarray(pixels).save(strip)
+    # fp32: the extractor runs in a forked child, and a fork of a process that ran OpenVINO
+    # (the bf16 engine) cannot run OpenVINO (see featurize.runtimes)
+    resnet = Extractor("resnet18", None, device="cpu", precision="fp32")
     resnet.extract([corpus["jpeg"].source], num_workers=0)  # warm: allocator pools, kernels
     out = _in_child(_memory_probe, resnet, {"bomb": corpus["decompression_bomb"].source,
                                             "strip": str(strip)})
