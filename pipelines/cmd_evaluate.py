@@ -60,19 +60,3 @@ def run(args: argparse.Namespace) -> int:
               f" / {p.get('head')} {p.get('params')}")
         print(result.to_text())
     return code
-
-
-def evaluate_model(model, test_dir, args) -> dict:
-    """Transitional (``cmd_compare`` still calls it): :func:`classify.evaluate_folder` as the
-    dict this module returned before, class codes included."""
-    import numpy as np
-
-    workers = getattr(args, "num_workers", getattr(args, "workers", None))
-    result = model.evaluate(test_dir, cache=args.cache, device=args.device,
-                            batch_size=args.batch_size, num_workers=workers)
-    index = {name: i for i, name in enumerate(result.classes)}
-    return {"scores": result.scores, "ok": result.ok, "classes": result.classes,
-            "failures": result.failures, "per_class": result.per_class,
-            "confusion": result.confusion,
-            "y_true": np.array([index[c] for c in result.y_true]),
-            "y_pred": np.array([index[c] for c in result.predicted])}

@@ -8,7 +8,6 @@ import os
 import pickle
 import re
 import tempfile
-import threading
 import time
 import warnings
 import zlib
@@ -447,6 +446,23 @@ def test_concurrent_threads(corpus: dict[str, CorpusItem]) -> None:
         outcomes = list(pool.map(run, items))
     assert outcomes == [item.outcome for item in items]
     assert _pillow_state() == before
+
+
+# --------------------------------------------------------------------------------------------
+# Orientation and draft decoding
+# --------------------------------------------------------------------------------------------
+
+# EXIF orientation -> how the stored pixels are shown (EXIF 2.3, tag 0x0112).
+_ORIENTED = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored horizontally
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1, :],  # mirrored vertically
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored + rotated: transpose
+    6: lambda a: np.rot90(a, -1),  # rotate 90 clockwise to display
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),  # transverse
+    8: lambda a: np.rot90(a, 1),  # rotate 90 counter-clockwise to display
+}
 
 
 @pytest.mark.parametrize("orientation", sorted(_ORIENTED))
