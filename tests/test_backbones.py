@@ -71,25 +71,23 @@ def test_checkpoint_that_is_not_a_state_dict_is_refused(tmp_path):
         load_backbone("resnet18", weights=str(path))
 
 
-def test_torch_hub_cache_weights_load_offline(tmp_path):
+def test_torch_hub_cache_weights_load_offline(tmp_path, monkeypatch):
     """A weights enum name resolves to the hub cache file; present -> loaded, no network."""
     from torchvision.models import ResNet18_Weights
 
-    original = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        with pytest.raises(WeightsNotFoundError) as err:
-            load_backbone("resnet18", weights="IMAGENET1K_V1")
-        message = str(err.value)
-        assert "resnet18-f37072fd.pth" in message and "never downloads" in message
-        ckpt = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-        ckpt.parent.mkdir(parents=True)
-        torch.save(load_backbone("resnet18", weights=None).model.state_dict(), ckpt)
-        bb = load_backbone("resnet18", weights="DEFAULT")
-        assert bb.weights == ResNet18_Weights.DEFAULT.name
-        assert bb.weights_sha256 == checkpoint_sha256(ckpt)
-    finally:
-        torch.hub.set_dir(original)
+    # TORCH_HOME, not torch.hub.set_dir: set_dir would pin the folder for the later tests
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert torch.hub.get_dir() == str(tmp_path / "hub")
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_backbone("resnet18", weights="IMAGENET1K_V1")
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message and "never downloads" in message
+    ckpt = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(load_backbone("resnet18", weights=None).model.state_dict(), ckpt)
+    bb = load_backbone("resnet18", weights="DEFAULT")
+    assert bb.weights == ResNet18_Weights.DEFAULT.name
+    assert bb.weights_sha256 == checkpoint_sha256(ckpt)
 
 
 def test_unknown_names_get_helpful_errors():
