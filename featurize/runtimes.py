@@ -47,9 +47,10 @@ import contextlib
 import copy
 import importlib.util
 import io
-import os
 import logging
+import os
 import queue
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -407,6 +408,27 @@ def _forked_after_openvino() -> bool:
     return _OPENVINO_PID is not None and _OPENVINO_PID != os.getpid()
 
 
+def _import_openvino():
+    """``import openvino`` without its import-time telemetry.
+
+    ``import openvino`` also imports its model converter (``openvino.tools.ovc``), which sends
+    a usage event to Google Analytics and, on Linux, starts a process to send it: a process
+    started by featurize, which under ``spawn`` re-runs an unguarded user script. featurize
+    needs only the runtime, so the converter is kept out of that first import; it imports
+    normally afterwards (``from openvino.tools.ovc import convert_model``).
+    """
+    if "openvino" not in sys.modules:
+        sys.modules["openvino.tools.ovc"] = None  # its import fails; openvino skips it
+        try:
+            import openvino  # noqa: F401
+        finally:
+            if "openvino.tools.ovc" in sys.modules and sys.modules["openvino.tools.ovc"] is None:
+                del sys.modules["openvino.tools.ovc"]
+    import openvino as ov
+
+    return ov
+
+
 def _build_openvino(net: TruncatedNet, example: torch.Tensor, threads: int | None,
                     precision: str):
     global _OPENVINO_PID
@@ -418,7 +440,7 @@ def _build_openvino(net: TruncatedNet, example: torch.Tensor, threads: int | Non
             " which had started OpenVINO, and OpenVINO hangs after fork. Use the 'spawn' or"
             " 'forkserver' start method, or engine='onnxruntime'.")
     _OPENVINO_PID = os.getpid()
-    import openvino as ov
+    ov = _import_openvino()
     import openvino.properties as props
     import openvino.properties.hint as hints
 

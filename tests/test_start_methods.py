@@ -134,3 +134,20 @@ def test_readme_quickstart_runs_as_a_script_without_main_guard(method, tmp_path)
     assert 0.9 <= score <= 1.0
     assert not WORKER_TROUBLE.search(result.stderr), result.stderr[-3000:]
 
+
+
+def test_featurize_starts_no_process(some_jpegs, tmp_path):
+    """Not even one of a dependency's (OpenVINO's import sends telemetry from a new process)."""
+    result = run_script(f"""
+        import multiprocessing.process
+        started = []
+        multiprocessing.process.BaseProcess.start = lambda self: started.append(self.name)
+        from featurize import CNNFeaturizer, extract_features
+
+        X = extract_features({some_jpegs!r})
+        CNNFeaturizer().fit().transform({some_jpegs!r})
+        assert not started, started
+        print("no process started")
+    """, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "no process started" in result.stdout
