@@ -225,10 +225,14 @@ def test_a_class_of_one_image_is_trained_on_and_never_validated(hymenoptera, tmp
 def test_finetune_starts_no_process(trees, tmp_path):
     import psutil
 
-    children = []
+    def pids():
+        return {child.pid for child in psutil.Process().children(recursive=True)}
+
+    before = pids()  # e.g. the loky workers earlier tests of this session left running
+    new = []
     _run(trees / "train", tmp_path / "m.pt", epochs=1, num_workers=2,
-         on_epoch=lambda row: children.append(psutil.Process().children(recursive=True)))
-    assert children and not any(children)
+         on_epoch=lambda row: new.append(pids() - before))
+    assert new and not any(new), new
 
 
 def test_featurize_finetune_on_the_sample_under_spawn_without_a_main_guard(tmp_path):
