@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from pipelines.cmd_compare import paired_comparison
+    from classify.metrics import paired_comparison
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="featurize-finetune-") as tmp:

@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/selection.py timing          # 3,000 x 100 classes, default candidate widths
     python benchmarks/selection.py accuracy        # clothing and ants/bees: fast vs exhaustive
     python benchmarks/selection.py accuracy --strategies fast   # skip the (slow) exhaustive one
+    python benchmarks/selection.py scale           # 5,000 and 20,000 x 100 classes, 3 backbones
 
 ``timing`` extracts the default candidate layers of the embedded backbone from the clothing
 training images (no cache: the real extraction cost on this machine), then runs the default
@@ -15,18 +16,34 @@ allocates in this process against the size of the candidate matrices (target: at
 ``accuracy`` trains with each strategy on the training split of each data set (features
 cached under ``--cache-dir``) and scores the chosen model on the held-out split: strategy,
 wall time, chosen configuration, CV score, test score. Choices are made on training data only.
+
+``scale`` runs the default selection of ``featurize train`` (fast search, probabilities) on
+synthetic float32 features of 100 classes shaped like the 16 default candidate sets of the three
+EfficientNet-Lite backbones (widths 80 to 1,280, and their 4,832-column concatenation), at 5,000
+and 20,000 images by default, each size in a fresh process. It prints one JSON line: per size the
+seconds of the screening and of the finalists' cross-validation, the extraction time of as many
+images at ``--extraction-rate`` images/s (the three backbones on this 2-core machine), the ratio
+``finalists_cv / extraction`` (target <= 1), and the peak resident memory of the process tree
+(the selection's process and its joblib workers, sampled every 0.1 s) beside the size of the
+candidate matrices.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import resource
+import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -99,6 +116,149 @@ def run_timing(args) -> None:
           "(target <= 2)")
 
 
+#: Widths of ``featurize train``'s 16 default candidate sets with the three EfficientNet-Lite
+#: backbones (the last one is the concatenation of each backbone's last two), as on clothing.
+DEFAULT_WIDTHS = {"lite0": [80, 112, 192, 320, 1280], "lite1": [80, 112, 192, 320, 1280],
+                  "lite2": [88, 120, 208, 352, 1280]}
+
+
+def scale_sets(n: int, n_classes: int, seed: int = 0, signal: float = 0.2,
+               rank: int = 192) -> tuple[dict, np.ndarray]:
+    """Correlated, post-ReLU-like float32 features in the shape of the default candidates.
+
+    Each backbone sees the images through one low-rank latent (class means plus noise), each
+    layer a random projection of it plus its own noise, so columns are correlated like real
+    pooled CNN features, and later layers carry more of the latent.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    means = rng.standard_normal((n_classes, rank)).astype(np.float32) * signal
+    sets, last = {}, []
+    for backbone, widths in DEFAULT_WIDTHS.items():
+        latent = means[y] + rng.standard_normal((n, rank), dtype=np.float32)
+        for depth, width in enumerate(widths):
+            A = rng.standard_normal((rank, width), dtype=np.float32) * np.float32(
+                (depth + 1) / (len(widths) * np.sqrt(rank)))
+            X = latent @ A
+            X += 0.5 * rng.standard_normal((n, width), dtype=np.float32)
+            np.maximum(X, 0, out=X)
+            sets[(f"{backbone}:block{depth}", "avg")] = X
+        last += [sets[(f"{backbone}:block{d}", "avg")] for d in (len(widths) - 2, len(widths) - 1)]
+    sets[("concat:lite0+lite1+lite2", "avg")] = np.hstack(last)
+    return sets, y
+
+
+class _TreeRSS(logging.Handler):
+    """Peak resident memory of this process and its children (joblib workers), sampled; and
+    the wall and CPU seconds of the process tree when the cross-validation starts (the
+    selection logs "cross-validating ..." then), so that the screening and the finalists'
+    cross-validation are timed apart. CPU seconds / cores is the wall time a quiet machine
+    would take (the shared development machine is often loaded several times over)."""
+
+    def __init__(self, interval: float = 0.1):
+        super().__init__(logging.INFO)
+        self.root, self.interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._workers: dict = {}
+        self.marks: list = []
+
+    def cpu(self) -> float:
+        """CPU seconds of this process and of every worker seen so far (dead ones: last seen)."""
+        for proc in self.root.children(recursive=True):
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:  # a worker that just ended: its last sample counts
+                continue
+            self._workers[proc.pid] = t.user + t.system
+        t = self.root.cpu_times()
+        return t.user + t.system + sum(self._workers.values())
+
+    def emit(self, record) -> None:
+        if record.getMessage().startswith("cross-validating") and not self.marks:
+            self.marks.append((time.perf_counter(), self.cpu()))
+
+    def _sample(self) -> None:
+        total = 0
+        for proc in [self.root] + self.root.children(recursive=True):
+            try:
+                total += proc.memory_info().rss
+                if proc is not self.root:
+                    t = proc.cpu_times()
+                    self._workers[proc.pid] = t.user + t.system
+            except psutil.Error:  # a worker that just ended
+                pass
+        self.peak = max(self.peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self.before = self.peak  # the inputs' memory, before the selection
+        self.start = (time.perf_counter(), self.cpu())
+        logging.getLogger("classify").addHandler(self)
+        logging.getLogger("classify").setLevel(logging.INFO)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.end = (time.perf_counter(), self.cpu())
+        logging.getLogger("classify").removeHandler(self)
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def run_scale_one(args) -> None:
+    """One size, in this process: the JSON of one row on stdout."""
+    from classify import select_model
+
+    sets, y = scale_sets(args.n_images, args.n_classes)
+    nbytes = sum(X.nbytes for X in sets.values())
+    with _TreeRSS() as rss:
+        result = select_model(sets, y, probability=True, n_jobs=-1, progress="none")
+    (w0, c0), (w1, c1), (w2, c2) = rss.start, rss.marks[0], rss.end
+    cores = len(os.sched_getaffinity(0))
+    extraction = args.n_images / args.extraction_rate
+    cv = result.best_cv
+    print(json.dumps({
+        "n_images": args.n_images, "n_classes": args.n_classes, "n_sets": len(sets),
+        "concat_width": int(sets[("concat:lite0+lite1+lite2", "avg")].shape[1]),
+        "screening_s": round(w1 - w0, 1), "finalists_cv_s": round(w2 - w1, 1),
+        "selection_s": round(w2 - w0, 1), "extraction_s": round(extraction, 1),
+        "screening_cpu_s": round(c1 - c0, 1), "finalists_cv_cpu_s": round(c2 - c1, 1),
+        "cores": cores, "load_average_1min": round(os.getloadavg()[0], 1),
+        "ratio_finalists_cv_to_extraction": round((w2 - w1) / extraction, 3),
+        "ratio_finalists_cv_cpu_per_core_to_extraction": round((c2 - c1) / cores / extraction,
+                                                               3),
+        "ratio_selection_to_extraction": round((w2 - w0) / extraction, 3),
+        "folds": f"{cv.n_repeats}x{cv.n_splits}", "fits": int(result.table.shape[0])
+        * cv.n_repeats * cv.n_splits,
+        "chosen": f"{'/'.join(result.best_feature_set)} {result.best_head} {result.best_params}",
+        "cv_balanced_accuracy": round(result.best_score, 4),
+        "rss_before_selection_mib": round(rss.before / 2**20),
+        "peak_rss_mib": round(rss.peak / 2**20), "self_maxrss_mib":
+        round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "candidate_matrices_mib": round(nbytes / 2**20),
+    }), flush=True)
+
+
+def run_scale(args) -> None:
+    """Every size in a fresh process (peak memory per size), one JSON line at the end."""
+    rows = []
+    for n in args.sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "scale-one", "--n-images", str(n), "--n-classes",
+             str(args.n_classes), "--extraction-rate", str(args.extraction_rate)],
+            check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(json.dumps({"benchmark": "selection scale", "extraction_images_per_s":
+                      args.extraction_rate, "rows": rows}))
+
+
 def run_accuracy(args) -> None:
     from sklearn.metrics import balanced_accuracy_score
 
@@ -139,13 +299,23 @@ def main(argv=None) -> int:
     timing = sub.add_parser("timing")
     timing.add_argument("--n-images", type=int, default=3000)
     timing.add_argument("--n-classes", type=int, default=100)
+    for name in ("scale", "scale-one"):
+        scale = sub.add_parser(name)
+        if name == "scale":
+            scale.add_argument("--sizes", type=int, nargs="+", default=[5000, 20000])
+        else:
+            scale.add_argument("--n-images", type=int, required=True)
+        scale.add_argument("--n-classes", type=int, default=100)
+        scale.add_argument("--extraction-rate", type=float, default=125.0,
+                           help="images/s of the three-backbone extraction (the reference)")
     accuracy = sub.add_parser("accuracy")
     accuracy.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     accuracy.add_argument("--strategies", nargs="+", default=["fast", "exhaustive"],
                           choices=["fast", "exhaustive"])
     accuracy.add_argument("--cache-dir", default="benchmark-cache")
     args = parser.parse_args(argv)
-    (run_timing if args.what == "timing" else run_accuracy)(args)
+    {"timing": run_timing, "accuracy": run_accuracy, "scale": run_scale,
+     "scale-one": run_scale_one}[args.what](args)
     return 0
 
 

@@ -18,9 +18,11 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.candidates import feature_set_name, head_items
 from classify.heads import make_head
-from classify.search import FAST_HEADS
-from classify.selection import DEFAULT_HEADS, feature_set_name, select_model
+from classify.search import default_heads
+from classify.selection import select_model
+from classify.validation import ConfigError
 
 __all__ = ["AutoClassifier"]
 
@@ -30,16 +32,11 @@ def _heads_have(attr: str):
     before and after ``fit`` whichever head wins."""
 
     def check(self) -> bool:
-        heads = self.heads
-        if heads is None:
-            heads = DEFAULT_HEADS if self.search == "exhaustive" else FAST_HEADS
-        if isinstance(heads, str):
-            heads = (heads,)
-        items = heads.items() if isinstance(heads, Mapping) else ((name, None) for name in heads)
         try:
+            items = head_items(default_heads(self.search) if self.heads is None else self.heads)
             return all(hasattr(make_head(name, probability=self.probability) if est is None
                                else est, attr) for name, est in items)
-        except ValueError:  # an invalid head: fit will say so
+        except ValueError:  # an invalid head or search: fit will say so
             return False
 
     return check
@@ -55,12 +52,12 @@ def _columns(spec, n_features: int, name: str) -> np.ndarray:
     index = np.asarray(spec)
     if index.dtype == bool:
         if index.shape != (n_features,):
-            raise ValueError(f"The boolean mask of feature set {name!r} has shape {index.shape}; "
-                             f"expected ({n_features},).")
+            raise ConfigError(f"The boolean mask of feature set {name!r} has shape "
+                              f"{index.shape}; expected ({n_features},).")
         return np.flatnonzero(index)
     if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
-        raise ValueError(f"Feature set {name!r} must be a slice, a (start, stop) pair, column "
-                         f"indices or a boolean mask. Got {spec!r} instead.")
+        raise ConfigError(f"Feature set {name!r} must be a slice, a (start, stop) pair, column "
+                          f"indices or a boolean mask. Got {spec!r} instead.")
     return index
 
 
@@ -132,14 +129,14 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         if self.feature_sets is None:
             return {None: np.arange(n_features)}
         if not isinstance(self.feature_sets, Mapping) or not self.feature_sets:
-            raise ValueError("The 'feature_sets' parameter of AutoClassifier must be None or a "
-                             f"non-empty mapping. Got {self.feature_sets!r} instead.")
+            raise ConfigError("The 'feature_sets' parameter of AutoClassifier must be None or a "
+                              f"non-empty mapping. Got {self.feature_sets!r} instead.")
         blocks = {}
         for key, spec in self.feature_sets.items():
             cols = _columns(spec, n_features, feature_set_name(key))
             if cols.size == 0 or cols.min() < 0 or cols.max() >= n_features:
-                raise ValueError(f"Feature set {feature_set_name(key)!r} selects columns outside "
-                                 f"the {n_features} columns of X (or none).")
+                raise ConfigError(f"Feature set {feature_set_name(key)!r} selects columns "
+                                  f"outside the {n_features} columns of X (or none).")
             blocks[key] = cols
         return blocks
 

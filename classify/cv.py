@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array
 
 from classify import _evaluation
+from classify.candidates import Candidate
 from classify.heads import make_head
 from classify.metrics import SCORE_NAMES
 from classify.reports import confusion_frame, format_frame, format_scores, per_class_report
@@ -32,8 +34,6 @@ def encode_labels(y) -> tuple[np.ndarray, np.ndarray]:
     ValueError
         ``y`` is not one-dimensional, is empty, or is a continuous target.
     """
-    from sklearn.utils.multiclass import check_classification_targets
-
     y = np.asarray(y)
     if y.ndim != 1:
         raise ValueError(f"y must be one-dimensional (one label per sample). Got shape {y.shape}.")
@@ -187,7 +187,7 @@ def cross_validate_head(head: str | BaseEstimator, X, y, *, n_splits: int = 5,
     if len(codes) != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} rows but y has {len(codes)} labels.")
     splits, plan = make_splits(classes[codes], n_splits, n_repeats, random_state)  # named notes
-    evaluation = _evaluation.evaluate([X], codes, [_evaluation.Candidate(0, estimator)], splits,
+    evaluation = _evaluation.evaluate([X], codes, [Candidate(0, estimator)], splits,
                                   n_jobs=n_jobs, verbose=verbose)
     if evaluation.errors:
         raise ValueError(f"The head failed to fit on a fold: {evaluation.errors[0]}")

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["DUPLICATE_COSINE", "embedding_map", "label_issues", "mistakes", "near_duplicates"]
+__all__ = ["DUPLICATE_COSINE", "confused_pairs", "embedding_map", "label_issues", "mistakes",
+           "near_duplicates"]
 
 #: Cosine similarity (of standardized, L2-normalized features) above which two images are
 #: reported as near-duplicates. Crops, re-encodings and resizes of one photo score above it;
@@ -186,3 +187,30 @@ def embedding_map(X, X_other=None, method: str = "pca", random_state: int = 0):
     xy = TSNE(n_components=2, init="pca", random_state=random_state,
               perplexity=min(30, max(2, len(both) // 4))).fit_transform(both)
     return xy[:len(Z)], None if Zo is None else xy[len(Z):]
+
+
+def confused_pairs(y, pred, n_classes: int, limit: int | None = None) -> list:
+    """The most frequent confusions: ``(true class, predicted class, count)``, most frequent
+    first (ties in class order).
+
+    Parameters
+    ----------
+    y, pred : ndarray of shape (n,)
+        True and predicted class codes (``y < 0``: unknown, ``pred < 0``: never predicted;
+        such rows are left out).
+    n_classes : int
+    limit : int, default=None
+
+    Returns
+    -------
+    list of (int, int, int)
+    """
+    y, pred = np.asarray(y), np.asarray(pred)
+    ok = (y >= 0) & (pred >= 0)
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (y[ok], pred[ok]), 1)
+    np.fill_diagonal(counts, 0)
+    true, predicted = np.nonzero(counts)
+    order = np.lexsort((predicted, true, -counts[true, predicted]))[:limit]
+    return [(int(true[k]), int(predicted[k]), int(counts[true[k], predicted[k]]))
+            for k in order]

@@ -316,7 +316,8 @@ def report_folder(model, data_dir, test_dir=None, *, map_method: str = "pca",
         A folder-per-class test tree: predictions, mistakes, leaks.
     map_method : {"pca", "tsne"}, default="pca"
     extra : dict, default=None
-        More sections (title -> HTML) shown after the summary.
+        More sections shown after the headline: title -> a string (a paragraph), a DataFrame
+        (a table) or a list of them (:func:`classify.html_report.extra_blocks`).
     **runtime
         ``cache``, ``device``, ``batch_size``, ``num_workers``, ``verbose``, ``progress``.
 
@@ -342,7 +343,7 @@ def report_folder(model, data_dir, test_dir=None, *, map_method: str = "pca",
     train = html_report.Split(
         paths=paths, X=np.asarray(train_features.X, dtype=np.float64), y=y,
         pred=model.reports["oof_predictions"][0], p_true=conf[0, :, 0], p_pred=conf[0, :, 1],
-        keys=_keys(paths), failures=train_failures + gone)
+        keys=_keys(paths), failures=train_failures + gone, folder=data_dir)
     test, failed_now = None, list(gone)
     if test_dir is not None:
         test, test_failed = _test_split(model, test_dir, index, runtime)
@@ -372,7 +373,7 @@ def _test_split(model, test_dir, index, runtime):
     failed = list(data.skipped) + [(data.paths[i], r) for i, r in features.failures.items()]
     split = html_report.Split(paths=list(data.paths), X=np.asarray(features.X, np.float64),
                               y=yt, pred=pred, p_pred=p_pred, p_true=p_true,
-                              keys=_keys(data.paths), failures=failed)
+                              keys=_keys(data.paths), failures=failed, folder=test_dir)
     return split, failed
 
 

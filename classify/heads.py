@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from classify.splits import AdaptiveStratifiedKFold
+from classify.validation import check_option
 
 __all__ = ["HEADS", "HeadSpec", "default_param_grid", "list_heads", "make_head"]
 
@@ -106,12 +107,7 @@ def list_heads() -> list[str]:
 
 
 def _spec(name: str) -> HeadSpec:
-    if not isinstance(name, str) or name not in HEADS:
-        raise ValueError(
-            f"The 'name' parameter of make_head must be one of {sorted(HEADS)}. Got {name!r} "
-            "instead."
-        )
-    return HEADS[name]
+    return HEADS[check_option("name", name, sorted(HEADS), owner="make_head")]
 
 
 def default_param_grid(name: str) -> dict[str, list]:
@@ -159,7 +155,8 @@ def make_head(name: str = "logreg", *, probability: bool = False, calibration: s
     Raises
     ------
     ValueError
-        Unknown head name (the message lists the valid ones) or invalid classifier parameter.
+        Unknown head name (:class:`~featurize.exceptions.ConfigError`, the message lists the
+        valid ones) or invalid classifier parameter.
 
     Examples
     --------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GREATER_IS_BETTER", "SCORE_NAMES", "compute_scores"]
+__all__ = ["GREATER_IS_BETTER", "SCORE_NAMES", "compute_scores", "paired_comparison"]
 
 #: Scores reported everywhere, in this order. ``log_loss`` is NaN for heads without
 #: probabilities.
@@ -73,3 +73,29 @@ def compute_scores(y_true, y_pred, proba=None, labels=None) -> dict[str, float]:
         picked = np.clip(proba[np.arange(len(y_true)), column], eps, 1 - eps)
         scores["log_loss"] = float(-np.mean(np.log(picked)))
     return scores
+
+
+def paired_comparison(y_true, pred_a, pred_b) -> dict:
+    """How two classifiers differ on the same test images, and whether it is more than chance.
+
+    Parameters
+    ----------
+    y_true, pred_a, pred_b : array-like of shape (n_images,)
+        True and predicted labels of the same images.
+
+    Returns
+    -------
+    dict
+        ``n``: images; ``disagree``: images the two predict differently; ``only_a`` /
+        ``only_b``: images only model a / only model b gets right; ``p_value``: McNemar's
+        exact test (two-sided binomial test of ``only_a`` among ``only_a + only_b`` against
+        1/2), 1.0 when no image separates them.
+    """
+    from scipy.stats import binomtest
+
+    y_true, pred_a, pred_b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
+    right_a, right_b = pred_a == y_true, pred_b == y_true
+    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"n": len(y_true), "disagree": int(np.sum(pred_a != pred_b)),
+            "only_a": only_a, "only_b": only_b, "p_value": float(p_value)}

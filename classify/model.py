@@ -1,12 +1,13 @@
 """A trained image classifier: featurizer configuration + fitted head + provenance.
 
-:func:`train_model` runs the selection (:func:`~classify.selection.select_model`) on training
-features, refits the chosen head on all of them and returns a :class:`FittedModel`
-(:func:`classify.train_folder` does it on a folder of images). The model predicts on
-precomputed features (:meth:`FittedModel.predict_features`) or on images
-(:meth:`FittedModel.predict`), computing their features through :mod:`classify.features`
-(featurize and torch are imported only then); it evaluates, predicts and reports on folders
-(:mod:`classify.folders`), and converts to and from a scikit-learn ``Pipeline``.
+:class:`FittedModel` predicts on precomputed features (:meth:`FittedModel.predict_features`)
+or on images (:meth:`FittedModel.predict`), computing their features through
+:mod:`classify.features` (featurize and torch are imported only then); it evaluates, predicts
+and reports on folders (:mod:`classify.folders`), and converts to and from a scikit-learn
+``Pipeline``. Models are made by :mod:`classify.training` (:func:`classify.train_model`,
+:func:`classify.train_folder`), written and read by :mod:`classify.persistence`
+(:meth:`FittedModel.save`, :func:`load_model`); a ``featurize finetune`` checkpoint is read as a
+model by :mod:`classify.finetuned`.
 
 .. warning::
    Model files are pickles (joblib). Loading one runs code chosen by whoever wrote it: load only
@@ -15,19 +16,14 @@ precomputed features (:meth:`FittedModel.predict_features`) or on images
 
 from __future__ import annotations
 
-import datetime
-import logging
 import os
-import pickle
-import zlib
 
-import joblib
 import numpy as np
-import sklearn
 from sklearn.base import BaseEstimator
+from sklearn.pipeline import FeatureUnion, Pipeline
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from classify import folders
+from classify import folders, persistence
 from classify.features import (
     NUMERIC_PARAMS,
     Features,
@@ -37,31 +33,23 @@ from classify.features import (
     featurizer_parts,
     fitted_featurizer_config,
 )
-# LinearHead: a saved fine-tuned model's pickle names it here
-from classify.finetuned import LinearHead, read_finetuned  # noqa: F401
+from classify.persistence import FORMAT_VERSION
 from classify.reports import format_frame, format_scores, optimism_note
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "FittedModel", "describe_featurizer", "featurizer_parts",
            "load_model"]
-
-#: Layout version of saved model files; bump it when a change makes old files unreadable.
-#: 2: ``featurizer_config`` may be ``{"parts": [config, ...]}`` (features of several backbones,
-#: concatenated). 3: ``reports["train_paths"]`` are relative to the training folder and
-#: ``reports["train_labels"]`` holds their classes. Files of versions 1 and 2 are still read.
-FORMAT_VERSION = 3
-_READABLE_VERSIONS = (1, 2, 3)
-_FORMAT = "featurize.classify.FittedModel"
 
 #: CNNFeaturizer parameters that change the numbers: they may not be overridden at predict time.
 _NUMERIC_PARAMS = tuple(NUMERIC_PARAMS)
 
 
-def featurize_version() -> str:
-    from featurize._version import __version__  # torch-free module
+def __getattr__(name: str):
+    # A fine-tuned model saved by an earlier featurize names its head classify.model.LinearHead.
+    if name == "LinearHead":
+        from classify.finetuned import LinearHead
 
-    return __version__
+        return LinearHead
+    raise AttributeError(f"module 'classify.model' has no attribute {name!r}")
 
 
 class FittedModel:
@@ -269,8 +257,6 @@ class FittedModel:
             if len(parts) == 1:
                 self._featurizer = parts[0]
             else:
-                from sklearn.pipeline import FeatureUnion
-
                 self._featurizer = FeatureUnion([(f"part{i}", part)
                                                  for i, part in enumerate(parts)])
         if overrides:
@@ -361,7 +347,8 @@ class FittedModel:
             Also write the HTML file there.
         map_method : {"pca", "tsne"}, default="pca"
         extra : dict, default=None
-            More sections (title -> HTML) shown after the summary.
+            More sections shown after the headline: title -> a string (a paragraph), a
+            DataFrame (a table) or a list of them.
         **runtime
             ``cache``, ``device``, ``batch_size``, ``num_workers``, ``verbose``, ``progress``.
 
@@ -381,8 +368,6 @@ class FittedModel:
         """This model as a fitted :class:`sklearn.pipeline.Pipeline`: ``("featurizer",``
         :meth:`featurizer` ``)`` then ``("head", estimator)``. It predicts from image paths
         like the model, and :meth:`from_pipeline` turns it back into one."""
-        from sklearn.pipeline import Pipeline
-
         return Pipeline([("featurizer", self.featurizer()), ("head", self.estimator)])
 
     @classmethod
@@ -411,8 +396,6 @@ class FittedModel:
         TypeError
             Not a pipeline of a featurizer and a head.
         """
-        from sklearn.pipeline import FeatureUnion, Pipeline
-
         steps = getattr(pipeline, "steps", None)
         if not isinstance(pipeline, Pipeline) or not steps or len(steps) < 2:
             raise TypeError("Expected a fitted sklearn Pipeline whose first step is a "
@@ -432,11 +415,7 @@ class FittedModel:
         config = parts[0] if len(parts) == 1 else {"parts": parts}
         shown = describe_featurizer(config)
         classes = [str(c) for c in head.classes_]
-        base = {"format_version": FORMAT_VERSION, "featurize_version": featurize_version(),
-                "sklearn_version": sklearn.__version__,
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                **shown, "head": " -> ".join(type(s).__name__ for _, s in steps[1:]),
+        base = {**persistence.version_provenance(), **shown, "head": " -> ".join(type(s).__name__ for _, s in steps[1:]),
                 "params": {}, "classes": classes,
                 "n_features": int(sum(m.n_features_out_ for m in members)),
                 "source": "sklearn Pipeline"}
@@ -451,32 +430,15 @@ class FittedModel:
         return state
 
     def save(self, path: str | os.PathLike, *, compress: int = 3) -> None:
-        """Write the model to ``path`` with joblib.
+        """Write the model to ``path`` with joblib (see :mod:`classify.persistence`).
 
         The file holds the fitted head, the featurizer configuration, provenance and reports,
         plus ``format_version`` so that an incompatible featurize refuses it clearly. It is a
         pickle: whoever loads it runs code chosen by whoever wrote it.
         """
-        payload = {
-            "format": _FORMAT,
-            "format_version": FORMAT_VERSION,
-            "featurize_version": featurize_version(),
-            "sklearn_version": sklearn.__version__,
-            "state": {
-                "estimator": self.estimator,
-                "featurizer_config": self.featurizer_config,
-                "provenance": self.provenance,
-                "reports": self.reports,
-            },
-        }
-        # Written beside the target and renamed: Ctrl-C or a kill never leaves a partial model.
-        tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        try:
-            joblib.dump(payload, tmp, compress=compress)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        persistence.write_model_state(path, {
+            "estimator": self.estimator, "featurizer_config": self.featurizer_config,
+            "provenance": self.provenance, "reports": self.reports}, compress=compress)
 
 
 def load_model(path: str | os.PathLike) -> FittedModel:
@@ -502,40 +464,4 @@ def load_model(path: str | os.PathLike) -> FittedModel:
     FileNotFoundError
         No such file.
     """
-    from featurize.exceptions import ModelVersionError  # torch-free modules
-    from featurize.filekinds import describe_file, is_hdf5
-
-    with open(path, "rb") as fh:
-        if fh.read(2) == b"PK":  # a torch (zip) checkpoint: a fine-tuned network?
-            return FittedModel(**read_finetuned(path))
-    name = os.fspath(path)
-    if is_hdf5(path):
-        raise ValueError(f"{name!r} is not a model: it is {describe_file(path)}. Pass the model "
-                         "file that `featurize train` wrote (--out), or a `featurize finetune` "
-                         "checkpoint.")
-    try:
-        payload = joblib.load(path)
-    except zlib.error as exc:
-        raise ValueError(f"{name!r} is damaged: it is {describe_file(path)} whose compressed "
-                         f"data does not decompress (zlib: {exc}); it changed after it was "
-                         "written (a partial copy or download, a disk error). Restore it from "
-                         "a copy or train the model again.") from exc
-    except (pickle.UnpicklingError, EOFError, IndexError, KeyError, AttributeError,
-            ImportError, ValueError) as exc:
-        raise ValueError(f"{name!r} is not a readable featurize model file: it is "
-                         f"{describe_file(path)} ({type(exc).__name__}: {exc}).") from exc
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
-        raise ValueError(f"{name!r} is not a featurize model file (it holds a "
-                         f"{type(payload).__name__}); write models with FittedModel.save.")
-    version = payload.get("format_version")
-    if version not in _READABLE_VERSIONS:
-        raise ModelVersionError(
-            f"{os.fspath(path)!r} has model format version {version!r} (written by featurize "
-            f"{payload.get('featurize_version')}); this featurize {featurize_version()} reads "
-            f"format versions {', '.join(map(str, _READABLE_VERSIONS))}. Retrain the model with "
-            f"this version, or load it with featurize {payload.get('featurize_version')}."
-        )
-    if payload.get("sklearn_version") != sklearn.__version__:
-        logger.warning("model %s was written with scikit-learn %s; this is %s",
-                       os.fspath(path), payload.get("sklearn_version"), sklearn.__version__)
-    return FittedModel(**payload["state"])
+    return FittedModel(**persistence.read_model_state(path))

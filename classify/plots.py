@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from classify.candidates import feature_set_name
 from classify.metrics import SCORE_NAMES
 
 __all__ = [
@@ -186,8 +187,6 @@ def plot_c_curve(result, *, feature_set=None, score: str | None = None, ax=None)
     -------
     matplotlib.figure.Figure
     """
-    from classify.selection import feature_set_name
-
     score = score or result.scoring
     name = feature_set_name(result.best_feature_set if feature_set is None else feature_set)
     table = result.table[(result.table["feature_set"] == name) & result.table["C"].notna()]

@@ -17,6 +17,7 @@ __all__ = [
     "format_scores",
     "optimism_note",
     "per_class_report",
+    "plural",
 ]
 
 
@@ -118,3 +119,17 @@ def optimism_note(n_candidates: int | None = None, nested: bool = False) -> str:
              if nested else "nested cross-validation (`featurize train --nested`, "
              "nested=True) estimates the whole procedure without this bias")
     return f"optimistic: {best}, chosen and scored on the same folds; {where}"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 mistake"``, ``"2 mistakes"``, ``"3,068 images"``: a count and its noun.
+
+    Parameters
+    ----------
+    n : int
+    word : str
+        The singular.
+    many : str, default=None
+        The plural, when it is not ``word + "s"``.
+    """
+    return f"{n:,} {word if n == 1 else (many or word + 's')}"

@@ -1,185 +1,361 @@
-"""The fast selection strategy: screen every feature set in closed form, tune only the best few.
+"""Search strategies: how a selection explores its candidates, one object per strategy.
 
-The exhaustive search cross-validates every (feature set, head, C) on every fold; its cost grows
-with classes x features x candidates x folds, and with 100 classes and thousands of images it
-runs for hours. ``search="fast"`` (the default of :func:`classify.select_model`) keeps the cost
-close to the cost of extracting the features:
+Every strategy follows one protocol, that of scikit-learn's ``BaseSearchCV.fit`` ->
+``self._run_search(evaluate_candidates)``: :meth:`BaseSearch.fit` makes the splits, hands
+:meth:`~BaseSearch._run_search` a function that cross-validates a list of candidates (and keeps
+every result), then chooses with the rule (:mod:`classify.rules`). A strategy decides only which
+candidates to evaluate, on how many folds, and what is refitted.
 
-1. **Screen** each feature set with a ridge classifier whose leave-one-out predictions come in
-   closed form from one SVD (:class:`sklearn.linear_model.RidgeClassifierCV`, efficient LOO, on
-   standardized features, over an alpha grid). Its score uses every image, so it ranks feature
-   sets with far less noise than a 5-fold estimate, for about the cost of one fit.
-2. **Tune** only the ``n_finalists`` best feature sets: the heads (logistic regression by
-   default) over a coarse C grid by stratified k-fold (one repeat from 1,000 images on, where
-   the fold noise is small), through the same fold evaluation as the exhaustive search. When the
-   best C lies at the end of the grid, the grid is extended one step that way and only the new
-   values are evaluated (until it stops moving or a limit).
-3. SVM heads are compared without their probability calibration; the chosen head is
-   calibrated once, when it is refitted on all the data; under ``scoring="log_loss"``, a score
-   of the calibrated probabilities themselves, they are calibrated in every fold.
+* :class:`ExhaustiveSearch` (``search="exhaustive"``): every (feature set, head, C) of the grids
+  on every fold of every repeat; its cost grows with classes x features x candidates x folds,
+  and with 100 classes and thousands of images it runs for hours.
+* :class:`FastSearch` (``search="fast"``, the default of :func:`classify.select_model`) keeps
+  the cost below the cost of extracting the features:
 
-``benchmarks/selection.py`` measures both strategies (time and test score) side by side.
+  1. **Screen** each feature set by the leave-one-out score of a ridge classifier, in closed
+     form (:mod:`classify.screening`).
+  2. **Tune** only the ``n_finalists`` best feature sets: the heads (logistic regression by
+     default) over a coarse C grid by stratified k-fold (one repeat from 1,000 images on, where
+     the fold noise is small; from 5,000 images on fewer folds, see :func:`fast_splits`),
+     through the same fold evaluation as the exhaustive search (logistic regressions along
+     each fold's C path with warm starts, in the features' float32). When the best C lies at
+     the end of the grid, the grid is extended one step that way and only the new values are
+     evaluated (until it stops moving or a limit).
+  3. SVM heads are compared without their probability calibration; the chosen head is
+     calibrated once, when it is refitted on all the data; under ``scoring="log_loss"``, a
+     score of the calibrated probabilities themselves, they are calibrated in every fold.
+
+``benchmarks/selection.py`` measures both strategies (time and test score) side by side, and
+the fast one at 5,000 and 20,000 images against the extraction time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
+
+from classify import _evaluation
+from classify.candidates import (
+    Candidate,
+    build_candidates,
+    c_of,
+    feature_set_name,
+    head_items,
+    params_text,
+)
+from classify.cv import encode_labels, make_splits
+from classify.heads import HEADS, make_head
+from classify.metrics import SCORE_NAMES
+from classify.rules import choose, criterion, decide, edge_notes, summaries
+from classify.screening import finalists, screen_feature_sets, screen_note
+from classify.splits import FoldPlan
+from classify.validation import check_option
+from featurize.progress import make_progress
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FAST_C_GRID", "FAST_HEADS", "SEARCHES", "fast_c_grid", "fast_repeats",
-           "screen_feature_sets"]
+__all__ = ["DEFAULT_HEADS", "FAST_C_GRID", "FAST_HEADS", "SEARCHES", "BaseSearch",
+           "ExhaustiveSearch", "FastSearch", "Problem", "SearchOutcome", "default_heads",
+           "fast_c_grid", "fast_repeats", "fast_splits", "make_search"]
 
-SEARCHES = ("fast", "exhaustive")
-#: Heads the fast search tunes by default.
-FAST_HEADS = ("logreg",)
 #: Coarse C grids (one value per decade) the fast search starts from, for standardized features.
 FAST_C_GRID = {"logreg": [1e-4, 1e-3, 1e-2, 1e-1, 1.0], "linear_svm": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
                "rbf_svm": [0.1, 1.0, 10.0, 100.0]}
-#: Ridge penalties screened (standardized features; the LOO picks one per feature set).
-RIDGE_ALPHAS = np.logspace(-1, 5, 13)
 #: From this many images on, one k-fold repeat: fold noise is small and every repeat costs a
 #: full set of fits.
 ONE_REPEAT_FROM = 1000
+#: From this many images on, fewer folds (:func:`fast_splits`).
+FEWER_FOLDS_FROM = 5000
 #: How many times an edge C may extend its grid.
 MAX_EXTENSIONS = 3
 
 
-def _ridge_scoring(scoring: str) -> str:
-    # ridge has no probabilities: a log-loss selection screens on balanced accuracy
-    return scoring if scoring in ("balanced_accuracy", "accuracy", "f1_macro") else \
-        "balanced_accuracy"
+@dataclass
+class Problem:
+    """What a search works on: validated feature sets, labels and the selection's options."""
+
+    keys: list
+    arrays: list
+    classes: np.ndarray
+    codes: np.ndarray
+    heads: object
+    param_grids: dict | None
+    probability: bool
+    scoring: str
+    rule: str
+    n_splits: int
+    n_repeats: int
+    random_state: int
+    n_jobs: int | None = None
+    verbose: int = 0
+    progress: str = "none"
+
+    def subset(self, rows) -> Problem:
+        """The same problem on some rows (an outer training part), without progress display."""
+        classes, codes = encode_labels(self.classes[self.codes[rows]])
+        return replace(self, arrays=[X[rows] for X in self.arrays], classes=classes,
+                       codes=codes, progress="none")
 
 
-def screen_feature_sets(arrays, y, scoring: str = "balanced_accuracy", progress=None
-                        ) -> pd.DataFrame:
-    """Leave-one-out score of a standardized ridge classifier on each feature set.
+@dataclass
+class SearchOutcome:
+    """Every candidate evaluated, their evaluation on the splits, and the choice."""
+
+    candidates: list
+    evaluation: _evaluation.Evaluation
+    splits: list
+    plan: FoldPlan
+    n_repeats: int
+    best: int
+    crit: np.ndarray
+    notes: list = field(default_factory=list)
+    screening: pd.DataFrame | None = None
+    scoring: str = "balanced_accuracy"
+
+    @property
+    def best_score(self) -> float:
+        """Mean ``scoring`` of the chosen candidate over the splits."""
+        means, _ = summaries(self.evaluation, list(range(len(self.splits))))
+        return float(means[self.best, SCORE_NAMES.index(self.scoring)])
+
+
+class _Evaluator:
+    """The ``evaluate_candidates`` a strategy calls: cross-validates candidates on the splits
+    (with a progress bar) and keeps all of them and their results, in order."""
+
+    def __init__(self, problem: Problem, splits):
+        self.problem, self.splits = problem, splits
+        self.candidates: list = []
+        self.evaluation = None
+
+    def __call__(self, candidates, desc: str = "cross-validate") -> None:
+        p = self.problem
+        bar = make_progress(p.progress, desc=desc, unit="fit", interval=10.0)
+        bar.start(len(candidates) * len(self.splits))
+        try:
+            more = _evaluation.evaluate(p.arrays, p.codes, candidates, self.splits,
+                                        n_jobs=p.n_jobs, verbose=p.verbose, progress=bar)
+        finally:
+            bar.close()
+        self.candidates = self.candidates + list(candidates)
+        self.evaluation = more if self.evaluation is None else _evaluation.concatenate(
+            self.evaluation, more)
+
+
+class BaseSearch:
+    """A search strategy: which candidates to cross-validate, on how many folds.
+
+    Subclasses set :attr:`default_heads` and implement :meth:`_run_search`; they may override
+    :meth:`folds`, :meth:`_deployed` and :meth:`outer_fold_choices`.
+    """
+
+    #: The heads searched when the caller names none.
+    default_heads: tuple = ()
+
+    def folds(self, n_samples: int, n_splits: int, n_repeats: int) -> tuple[int, int]:
+        """``(folds, repeats)`` to cross-validate ``n_samples`` images on."""
+        return n_splits, n_repeats
+
+    def _run_search(self, problem: Problem, evaluate) -> tuple[list, pd.DataFrame | None]:
+        """Call ``evaluate(candidates)`` as often as needed; return (notes, screening)."""
+        raise NotImplementedError
+
+    def _deployed(self, candidate: Candidate, problem: Problem) -> Candidate:
+        """The chosen candidate as it will be refitted (the same one, by default)."""
+        return candidate
+
+    def fit(self, problem: Problem) -> SearchOutcome:
+        """Cross-validate the strategy's candidates and choose one with ``problem.rule``."""
+        n_splits, n_repeats = self.folds(len(problem.codes), problem.n_splits,
+                                         problem.n_repeats)
+        # split on the class names (the same splits as on their codes), so that notes name them
+        splits, plan = make_splits(problem.classes[problem.codes], n_splits, n_repeats,
+                                   problem.random_state)
+        evaluate = _Evaluator(problem, splits)
+        notes, screening = self._run_search(problem, evaluate)
+        candidates, evaluation = evaluate.candidates, evaluate.evaluation
+        if len(evaluation.errors) == len(candidates):
+            raise ValueError(f"Every candidate failed to fit; the first error: "
+                             f"{evaluation.errors[0]}")
+        means, stds = summaries(evaluation, list(range(len(splits))))
+        best, crit = decide(means, stds, candidates, problem.scoring, problem.rule,
+                            plan.n_splits)
+        candidates[best] = self._deployed(candidates[best], problem)
+        notes = list(plan.notes) + notes + edge_notes(candidates, best)
+        if evaluation.errors:
+            index, message = next(iter(evaluation.errors.items()))
+            failed = candidates[index]
+            notes.append(f"{len(evaluation.errors)} candidates failed on some fold and were "
+                         f"skipped (first: {failed.head} {params_text(failed.params)}: "
+                         f"{message})")
+            logger.warning(notes[-1])
+        return SearchOutcome(candidates, evaluation, splits, plan, n_repeats, best, crit, notes,
+                             screening, problem.scoring)
+
+    def outer_fold_choices(self, problem: Problem, outer) -> list[tuple[Candidate, float]]:
+        """The choice (and its inner score) of the whole search on each outer training part,
+        for a nested cross-validation: the search runs in each outer fold in turn."""
+        chosen = []
+        for train, _ in outer:
+            # an outer fold may leave a class one image: trained, not tested
+            inner = self.fit(problem.subset(train))
+            chosen.append((inner.candidates[inner.best], inner.best_score))
+        return chosen
+
+
+class ExhaustiveSearch(BaseSearch):
+    """Every (feature set, head, parameters) of the grids on every fold of every repeat."""
+
+    default_heads = ("logreg", "linear_svm", "rbf_svm")
+
+    def _run_search(self, problem, evaluate):
+        evaluate(build_candidates(len(problem.arrays), problem.heads, problem.param_grids,
+                                  problem.probability))
+        return [], None
+
+    def outer_fold_choices(self, problem, outer):
+        """All inner tasks of all outer folds in one parallel batch (the candidates do not
+        depend on the outer fold)."""
+        p = problem
+        candidates = build_candidates(len(p.arrays), p.heads, p.param_grids, p.probability)
+        inner_splits, owner, inner_k = [], [], []
+        for o, (train, _) in enumerate(outer):
+            splits, inner_plan = make_splits(p.classes[p.codes[train]], p.n_splits,
+                                             p.n_repeats, p.random_state)
+            inner_splits += [(train[tr], train[te]) for tr, te in splits]
+            owner += [o] * len(splits)
+            inner_k.append(inner_plan.n_splits)
+        evaluation = _evaluation.evaluate(p.arrays, p.codes, candidates, inner_splits,
+                                          n_jobs=p.n_jobs, verbose=p.verbose)
+        owner = np.asarray(owner)
+        chosen = []
+        for o in range(len(outer)):
+            means, stds = summaries(evaluation, np.flatnonzero(owner == o))
+            best, _ = decide(means, stds, candidates, p.scoring, p.rule, inner_k[o])
+            chosen.append((candidates[best], float(means[best, SCORE_NAMES.index(p.scoring)])))
+        return chosen
+
+
+class FastSearch(BaseSearch):
+    """Screen every feature set in closed form, tune only the best ``n_finalists``.
 
     Parameters
     ----------
-    arrays : list of ndarray of shape (n_samples, n_features_i)
-    y : ndarray of shape (n_samples,)
-        Class codes.
-    scoring : str, default="balanced_accuracy"
-        ``log_loss`` screens on balanced accuracy (ridge has no probabilities).
-    progress : featurize.progress.Progress or None
-        Advanced by one per feature set.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per feature set, in order: ``loo_score``, ``alpha``, ``seconds``.
+    n_finalists : int, default=2
+        Feature sets tuned after the screening.
     """
-    import time
 
-    from classify.metrics import compute_scores
+    default_heads = ("logreg",)
 
-    score_name = _ridge_scoring(scoring)
-    classes, codes = np.unique(y, return_inverse=True)
-    rows = []
-    for X in arrays:
-        start = time.perf_counter()
-        with threadpool_limits(limits=None):
-            loo = ridge_loo_decisions(X, codes, len(classes), RIDGE_ALPHAS)
-        best = (-np.inf, RIDGE_ALPHAS[0])
-        for alpha, values in zip(RIDGE_ALPHAS, loo):
-            if not np.isfinite(values).all():
-                continue  # near-interpolation (1 - h_ii ~ 0): no usable leave-one-out
-            pred = classes[(values[:, 0] > 0).astype(int) if values.shape[1] == 1
-                           else values.argmax(axis=1)]
-            value = compute_scores(y, pred, None, classes)[score_name]
-            if value > best[0]:
-                best = (value, alpha)
-        rows.append({"loo_score": float(best[0]), "alpha": float(best[1]),
-                     "seconds": time.perf_counter() - start})
-        if progress is not None:
-            progress.advance(1)
-    return pd.DataFrame(rows)
+    def __init__(self, n_finalists: int = 2):
+        self.n_finalists = n_finalists
 
+    def folds(self, n_samples, n_splits, n_repeats):
+        return fast_splits(n_samples, n_splits), fast_repeats(n_samples, n_repeats)
 
-def ridge_loo_decisions(X, codes, n_classes: int, alphas) -> Iterator[np.ndarray]:
-    """Leave-one-out decision values of a ridge classifier on standardized ``X``, per alpha.
+    def _run_search(self, problem, evaluate):
+        p = problem
+        bar = make_progress(p.progress, desc="screen feature sets", unit="set", interval=10.0)
+        bar.start(len(p.arrays))
+        try:
+            screening = screen_feature_sets(p.arrays, p.codes, p.scoring, progress=bar)
+        finally:
+            bar.close()
+        tuned = finalists(screening, self.n_finalists)
+        screening.insert(0, "feature_set", [feature_set_name(k) for k in p.keys])
+        screening["tuned"] = [i in tuned for i in range(len(p.keys))]
+        note = screen_note(p.keys, screening, tuned)
+        # the default grids of registered heads are coarse and extend; a given grid is searched
+        # as given
+        grids = dict(p.param_grids or {})
+        for name, estimator in head_items(p.heads):
+            if estimator is None and name not in grids and fast_c_grid(name) is not None:
+                grids[name] = {"C": fast_c_grid(name)}
+        evaluate([c for c in build_candidates(len(p.arrays), p.heads, grids,
+                                              self._cv_probability(p))
+                  if c.feature_set in tuned])
+        self._extend_edges(p, evaluate, given=set(p.param_grids or ()))
+        return [note], screening
 
-    The closed form of :class:`sklearn.linear_model.RidgeClassifierCV` (targets +-1 one-vs-rest,
-    one column for two classes; intercept): with the hat matrix ``H`` of the fit on all rows,
-    the prediction for row ``i`` without row ``i`` is ``y_i - (y_i - yhat_i) / (1 - H_ii)``.
-    One eigendecomposition (of ``X.T X`` or ``X X.T``, the smaller) serves every alpha.
-    Written here rather than read from ``RidgeClassifierCV(store_cv_results=True)`` to keep
-    memory to one float32 copy of ``X`` and p x p matrices (scikit-learn keeps float64 copies,
-    a rotated copy and the decisions of every alpha at once), which the selection's memory
-    target needs.
+    @staticmethod
+    def _cv_probability(problem) -> bool:
+        # log loss needs the probabilities of every candidate as it will be deployed
+        return problem.probability and problem.scoring == "log_loss"
 
-    Yields
-    ------
-    ndarray of shape (n_samples, n_targets), float64
-        For each alpha in order.
-    """
-    # standardized in place on one float32 copy (StandardScaler's float64 temporaries would
-    # double the memory); population std, constant columns left at 0, as StandardScaler does
-    Z = np.array(X, dtype=np.float32)
-    n, p = Z.shape
-    Z -= Z.mean(axis=0, dtype=np.float64).astype(np.float32)
-    scale = np.sqrt(np.einsum("ij,ij->j", Z, Z, dtype=np.float64) / n)
-    scale[scale == 0] = 1.0
-    Z /= scale.astype(np.float32)
-    Y = -np.ones((n, n_classes if n_classes > 2 else 1))
-    if n_classes > 2:
-        Y[np.arange(n), codes] = 1.0
-    else:
-        Y[codes == 1, 0] = 1.0
-    mean = Y.mean(axis=0)
-    Yc = (Y - mean).astype(np.float32)
-    if n > p:
-        # X (X'X + a I)^-1 X' = X M X' with M = V diag(1 / (s + a)) V': a p x p matrix per
-        # alpha, so no rotated n x p copy of X is ever held
-        s, V = np.linalg.eigh(Z.T @ Z)  # float32 throughout: p x p temporaries stay small
-        s = np.clip(s, 0.0, None)
-        ZtY = Z.T @ Yc
-        for alpha in alphas:
-            M = (V / (s + np.float32(alpha))) @ V.T
-            diag = np.concatenate([np.einsum("ij,ij->i", Z[i:i + 512] @ M, Z[i:i + 512])
-                                   for i in range(0, n, 512)])
-            fitted = mean + Z @ (M @ ZtY)
-            h = 1.0 / n + diag
-            yield _loo(Y, fitted, h)
-        return
-    # n <= p: X (X'X + a I)^-1 X' = U diag(s / (s + a)) U'  with  X X' = U diag(s) U'
-    s, U = np.linalg.eigh((Z @ Z.T).astype(np.float64))
-    del Z
-    s = np.clip(s, 0.0, None)
-    UtY = U.T @ Yc.astype(np.float64)
-    U2 = np.square(U)
-    for alpha in alphas:
-        w = s / (s + alpha)
-        diag = U2 @ w
-        fitted = mean + U @ (w[:, None] * UtY)
-        h = 1.0 / n + diag
-        yield _loo(Y, fitted, h)
+    def _extend_edges(self, problem, evaluate, given) -> None:
+        """While the best C is at an end of its default grid, try one decade further (heads in
+        ``given`` have a grid chosen by the caller: searched as given)."""
+        for _ in range(MAX_EXTENSIONS):
+            candidates = evaluate.candidates
+            means, _ = summaries(evaluate.evaluation, list(range(len(evaluate.splits))))
+            crit = criterion(means, problem.scoring)
+            if not np.isfinite(crit).any():
+                return
+            cand = candidates[choose(crit, candidates)]
+            c = c_of(cand.params)
+            if c is None or cand.head not in HEADS or cand.head in given:
+                return
+            new_c = extension([c_of(k.params) for k in candidates
+                               if k.feature_set == cand.feature_set and k.head == cand.head], c)
+            if new_c is None:
+                return
+            params = {**cand.params, "C": new_c}
+            logger.info("fast search: best C=%g at the end of the grid; trying C=%g", c, new_c)
+            evaluate([Candidate(f, make_head(cand.head, probability=self._cv_probability(
+                problem), **params), cand.head, params)
+                for f in sorted({k.feature_set for k in candidates if k.head == cand.head})],
+                desc=f"extend C={new_c:g}")
+
+    def _deployed(self, candidate, problem):
+        """SVMs were compared uncalibrated: the chosen one is calibrated for its refit."""
+        if (problem.probability and candidate.head in HEADS
+                and not hasattr(candidate.estimator, "predict_proba")):
+            return Candidate(candidate.feature_set,
+                             make_head(candidate.head, probability=True, **candidate.params),
+                             candidate.head, candidate.params)
+        return candidate
 
 
-def _loo(Y, fitted, h) -> np.ndarray:
-    """``y - (y - yhat) / (1 - h)``; NaN when some ``1 - h`` is too small to be trusted in
-    float32 (a nearly interpolating fit, more features than images and a tiny alpha)."""
-    slack = 1.0 - np.asarray(h, dtype=np.float64)
-    if slack.min() < 1e-4:
-        return np.full(Y.shape, np.nan)
-    return Y - (Y - fitted) / slack[:, None]
+#: The strategies by name.
+STRATEGIES = {"fast": FastSearch, "exhaustive": ExhaustiveSearch}
+SEARCHES = tuple(STRATEGIES)
+#: Heads searched by default (each strategy's :attr:`~BaseSearch.default_heads`).
+DEFAULT_HEADS = ExhaustiveSearch.default_heads
+FAST_HEADS = FastSearch.default_heads
 
 
-def finalists(screen: pd.DataFrame, n_finalists: int) -> list[int]:
-    """Indices of the ``n_finalists`` best screened feature sets (ties: the earlier one)."""
-    order = np.argsort(-screen["loo_score"].to_numpy(), kind="stable")
-    return sorted(int(i) for i in order[:n_finalists])
+def check_search(search: str, owner: str = "select_model") -> str:
+    """``search`` if it names a strategy, or ConfigError."""
+    return check_option("search", search, SEARCHES, owner=owner)
+
+
+def make_search(search: str, *, n_finalists: int = 2) -> BaseSearch:
+    """The strategy object of a ``search`` name."""
+    check_search(search)
+    return FastSearch(n_finalists) if search == "fast" else STRATEGIES[search]()
+
+
+def default_heads(search: str) -> tuple:
+    """The heads a strategy searches when none are named."""
+    return STRATEGIES[check_search(search)].default_heads
 
 
 def fast_repeats(n_samples: int, n_repeats: int) -> int:
     """k-fold repeats of the fast search: all of them on small data, one from 1,000 images."""
     return 1 if n_samples >= ONE_REPEAT_FROM else n_repeats
+
+
+def fast_splits(n_samples: int, n_splits: int) -> int:
+    """k-fold folds of the fast search: as asked below 5,000 images, at most 3 from there on.
+
+    Every image is tested once whatever the number of folds, so the choice sees as many test
+    images; fewer folds train on fewer images (2/3 instead of 4/5, a shift of the best C far
+    smaller than the decade steps of the grid) for half the fits' cost.
+    """
+    return min(n_splits, 3) if n_samples >= FEWER_FOLDS_FROM else n_splits
 
 
 def fast_c_grid(head: str) -> list[float] | None:
@@ -193,14 +369,3 @@ def extension(c_values: list[float], best_c: float) -> float | None:
     if len(grid) < 2 or best_c not in (grid[0], grid[-1]):
         return None
     return best_c * 10.0 if best_c == grid[-1] else best_c / 10.0
-
-
-def screen_note(keys, screen: pd.DataFrame, chosen: list[int], names) -> str:
-    """One line for the selection's notes: the screening and the finalists."""
-    cells = ", ".join(f"{names(keys[i])} {screen.loc[i, 'loo_score']:.4f}"
-                      for i in np.argsort(-screen["loo_score"].to_numpy(), kind="stable"))
-    kept = ", ".join(names(keys[i]) for i in chosen)
-    return (f"fast search: ridge leave-one-out screening of {len(keys)} feature sets ({cells});"
-            f" tuned: {kept}")
-
-

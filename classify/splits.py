@@ -22,9 +22,14 @@ import numpy as np
 from sklearn.model_selection import BaseCrossValidator, RepeatedStratifiedKFold
 from sklearn.utils.validation import column_or_1d
 
+from classify.validation import check_int, check_option
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["AdaptiveStratifiedKFold", "FoldPlan", "SmallClassWarning", "plan_folds"]
+
+#: What :func:`plan_folds` may do with a class of a single sample.
+SMALL_CLASSES = ("train", "error")
 
 
 class SmallClassWarning(UserWarning):
@@ -73,13 +78,8 @@ def plan_folds(y, max_splits: int = 5, small_classes: str = "train") -> FoldPlan
         Fewer than 2 classes, no class with 2 samples or more, an invalid ``max_splits`` or
         ``small_classes``, or a single-sample class with ``small_classes="error"``.
     """
-    if (not isinstance(max_splits, (int, np.integer)) or isinstance(max_splits, bool)
-            or max_splits < 2):
-        raise ValueError(f"max_splits must be an integer >= 2. Got {max_splits!r} instead.")
-    if small_classes not in ("train", "error"):
-        raise ValueError(
-            f"small_classes must be one of {{'train', 'error'}}. Got {small_classes!r} instead."
-        )
+    check_int("max_splits", max_splits, 2, owner="AdaptiveStratifiedKFold")
+    check_option("small_classes", small_classes, SMALL_CLASSES, owner="AdaptiveStratifiedKFold")
     y = column_or_1d(y)
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
@@ -153,9 +153,7 @@ class AdaptiveStratifiedKFold(BaseCrossValidator):
         self.small_classes = small_classes
 
     def _check_repeats(self) -> None:
-        n = self.n_repeats
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n_repeats must be an integer >= 1. Got {n!r} instead.")
+        check_int("n_repeats", self.n_repeats, 1, owner="AdaptiveStratifiedKFold")
 
     def plan(self, y) -> FoldPlan:
         """Return the :class:`FoldPlan` for ``y`` (number of folds, single-sample classes)."""

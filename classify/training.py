@@ -14,14 +14,12 @@ The model records its training images relative to the training folder, with thei
 
 from __future__ import annotations
 
-import datetime
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import sklearn
 from sklearn.utils.validation import check_array
 
 from classify.features import (
@@ -31,7 +29,8 @@ from classify.features import (
     describe_featurizer,
     extract_configs,
 )
-from classify.model import FORMAT_VERSION, FittedModel, featurize_version
+from classify.model import FittedModel
+from classify.persistence import version_provenance
 from classify.selection import (
     SelectionResult,
     check_selection_params,
@@ -287,7 +286,7 @@ def train_folder(data_dir, *, backbones: Sequence[str] = DEFAULT_BACKBONES,
 
 def _fit(result: SelectionResult, candidates: Candidates, data, data_dir, precision,
          device) -> FittedModel:
-    from featurize.extraction import resolve_device, resolve_precision
+    from featurize.extraction import resolve_device, resolve_precision  # imports torch
 
     # saved resolved: a model trained with fp32 features predicts with fp32 features anywhere
     resolved = resolve_precision(precision, resolve_device(device))
@@ -356,10 +355,7 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
     cv = selection.best_cv
     classes, counts = np.unique(y, return_counts=True)
     provenance = {
-        "format_version": FORMAT_VERSION,
-        "featurize_version": featurize_version(),
-        "sklearn_version": sklearn.__version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **version_provenance(),
         "backbone": shown["backbone"],
         "weights": shown["weights"],
         "layer": shown["layer"],

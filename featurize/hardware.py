@@ -1,54 +1,7 @@
-"""What the machine's CPU computes natively (detected, never guessed from a model name)."""
+"""Old path of :mod:`featurize.networks.hardware` (an alias: see ``featurize/__init__.py``)."""
 
-from __future__ import annotations
+import sys
 
-import functools
-import logging
-import platform
+from featurize.networks import hardware
 
-__all__ = ["cpu_has_native_bf16"]
-
-logger = logging.getLogger(__name__)
-
-#: /proc/cpuinfo flags of the x86 instructions that compute bf16 (Intel AMX, AVX-512 BF16).
-_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (x86 AMX-BF16 or AVX-512 BF16).
-
-    Asks PyTorch's CPU feature detection (cpuinfo, which also checks that the operating
-    system enabled the registers), and the kernel's CPU flags where PyTorch cannot say. A CPU
-    without these instructions (AVX2 only, Apple silicon, other ARM CPUs) can still run bf16,
-    but emulated and slower than fp32, so it answers False.
-
-    Returns
-    -------
-    bool
-    """
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_amx_tile_supported",
-                                                     "_is_avx512_bf16_supported")]
-    if all(callable(check) for check in checks):
-        return any(bool(check()) for check in checks)
-    flags = _linux_cpu_flags()
-    if flags is None:
-        logger.info("Cannot tell whether this %s CPU computes bf16 natively; assuming not.",
-                    platform.machine())
-        return False
-    return any(flag in flags for flag in _BF16_FLAGS)
-
-
-def _linux_cpu_flags() -> set[str] | None:
-    """The ``flags`` of the first CPU in /proc/cpuinfo, or None where there is none."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        return None
-    return None
+sys.modules[__name__] = hardware

@@ -21,21 +21,32 @@ __all__ = [
     "ENGINES",
     "ON_ERROR",
     "POOLINGS",
+    "POOLING_ALIASES",
     "PRECISIONS",
     "check_choice",
     "check_extraction_options",
     "parse_weights",
+    "pooling_key",
 ]
 
-#: Pooling names. ``none`` returns the maps themselves (extraction function only).
-POOLINGS = ("avg", "max", "avgmax", "gem", "flatten", "cls", "mean", "clsmean", "none")
+#: Pooling names. ``catavgmax`` is the concatenation of ``avg`` and ``max`` (timm's name; in
+#: timm ``avgmax`` is their *average*); ``avgmax``, featurize's first name for the
+#: concatenation, is an alias of it. ``none`` returns the maps themselves (extraction function
+#: only).
+POOLINGS = ("avg", "max", "catavgmax", "avgmax", "gem", "flatten", "cls", "mean", "clsmean",
+            "none")
+#: Old pooling names and the name they stand for.
+POOLING_ALIASES = {"avgmax": "catavgmax"}
+#: The name a pooling has in cache keys where it is not its own: ``catavgmax`` keeps the key
+#: of ``avgmax``, under which it was cached first, so that those caches stay warm.
+_POOLING_KEYS = {"catavgmax": "avgmax"}
 #: Poolings whose rows a cache can store (every one but ``none``).
 CACHED_POOLINGS = tuple(p for p in POOLINGS if p != "none")
 #: Forward-pass precisions; ``auto`` is resolved per device and engine (bf16/fp16 on CUDA; bf16
 #: on a CPU that computes it natively, with OpenVINO; fp32 elsewhere; see
-#: :func:`featurize.extraction.resolve_precision`).
+#: :func:`featurize.networks.runtimes.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-#: Forward-pass engines (see :mod:`featurize.runtimes`).
+#: Forward-pass engines (see :mod:`featurize.networks.runtimes`).
 ENGINES = ("auto", "eager", "onnxruntime", "openvino", "torchscript", "compile")
 #: Storage types of features in the cache.
 CACHE_DTYPES = ("float32", "float16")
@@ -114,3 +125,10 @@ def check_extraction_options(*, owner: str = "featurize", cached: bool = False,
 def parse_weights(text: str | None) -> str | None:
     """``"none"`` (or ``"None"``, ``"random"``) means a random initialisation: None."""
     return None if text is None or text in _NO_WEIGHTS else text
+
+
+def pooling_key(pooling: str) -> str:
+    """The name of ``pooling`` in a cache key: ``"avgmax"`` for ``"catavgmax"`` and its alias
+    ``"avgmax"`` (one key for one computation, the key caches already hold), else itself."""
+    name = POOLING_ALIASES.get(pooling, pooling)
+    return _POOLING_KEYS.get(name, name)

@@ -11,8 +11,11 @@ import contextlib
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+
+from tqdm.auto import tqdm
 
 from featurize.exceptions import ConfigError
 
@@ -50,8 +53,6 @@ class _BarProgress(Progress):
         self._bar = None
 
     def start(self, total: int) -> None:
-        from tqdm.auto import tqdm
-
         self._bar = tqdm(total=total, unit=self.unit, desc=self.desc, smoothing=0.05,
                          dynamic_ncols=True)
         self._heartbeat = _Heartbeat(1.0, self._refresh)
@@ -122,8 +123,6 @@ class _Heartbeat:
     a long step (one fit of minutes) never leaves the output silent."""
 
     def __init__(self, period: float, beat) -> None:
-        import threading
-
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(period, beat), daemon=True,
                                         name="featurize-progress")

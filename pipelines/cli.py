@@ -30,8 +30,9 @@ from pipelines.arguments import (  # noqa: F401 (re-exported: the exit codes, ou
 )
 
 #: sub-command modules, in the order ``featurize --help`` lists them
-COMMANDS = ("backbones", "download", "layers", "extract", "info", "merge", "train", "evaluate",
-            "predict", "sweep", "report", "finetune", "compare", "demo")
+COMMANDS = ("backbones", "download", "layers", "extract", "info", "export", "merge", "rank",
+            "train", "evaluate", "predict", "export-model", "sweep", "report", "finetune",
+            "compare", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"pipelines.cmd_{name}")
+            module = importlib.import_module(f"pipelines.cmd_{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"pipelines.cmd_{name}":
+            if exc.name != f"pipelines.cmd_{name.replace('-', '_')}":
                 raise
             continue
         module.add_parser(sub)

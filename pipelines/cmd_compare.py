@@ -1,13 +1,19 @@
-"""``featurize compare DATA_DIR --test TEST_DIR``: features + heads against fine-tuning."""
+"""``featurize compare DATA_DIR --test TEST_DIR``: features + heads against fine-tuning.
+
+The paired test of the two on the same test images is
+:func:`classify.metrics.paired_comparison` (McNemar's exact test).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from functools import partial
 
 import numpy as np
 
+from featurize.progress import log_to_stderr
 from pipelines.arguments import (
     add_runtime_args,
     input_folder,
@@ -43,36 +49,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def paired_comparison(y_true, pred_a, pred_b) -> dict:
-    """How two classifiers differ on the same test images, and whether it is more than chance.
-
-    Parameters
-    ----------
-    y_true, pred_a, pred_b : array-like of shape (n_images,)
-        True and predicted labels of the same images.
-
-    Returns
-    -------
-    dict
-        ``n``: images; ``disagree``: images the two predict differently; ``only_a`` /
-        ``only_b``: images only model a / only model b gets right; ``p_value``: McNemar's
-        exact test (two-sided binomial test of ``only_a`` among ``only_a + only_b`` against
-        1/2), 1.0 when no image separates them.
-    """
-    from scipy.stats import binomtest
-
-    y_true, pred_a, pred_b = (np.asarray(v) for v in (y_true, pred_a, pred_b))
-    right_a, right_b = pred_a == y_true, pred_b == y_true
-    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
-    p_value = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
-    return {"n": len(y_true), "disagree": int(np.sum(pred_a != pred_b)),
-            "only_a": only_a, "only_b": only_b, "p_value": float(p_value)}
-
-
 def verdict(rows, paired: dict) -> str:
     """Which to use, with its uncertainty. ``rows``: (name, balanced accuracy, accuracy,
-    seconds, ...) of the two models; ``paired``: :func:`paired_comparison` of the two in that
-    order."""
+    seconds, ...) of the two models; ``paired``: :func:`classify.metrics.paired_comparison` of
+    the two in that order."""
     (a, bal_a, _, sec_a, *_), (b, bal_b, _, sec_b, *_) = rows
     evidence = (f"they predict differently on {paired['disagree']} of {paired['n']} test "
                 f"images; {paired['only_a']} are right only with {a}, {paired['only_b']} only "
@@ -86,16 +66,29 @@ def verdict(rows, paired: dict) -> str:
             f"{worst}; {evidence}.")
 
 
+def report_section(rows, text: str, test_dir) -> dict:
+    """The comparison as a section of the HTML report (title -> the verdict and a table; see
+    :func:`classify.html_report.extra_blocks`). The test folder is named, not its absolute
+    path: the report may be shared."""
+    import pandas as pd
+
+    table = pd.DataFrame([(name, bal, acc, f"{seconds:.0f} s") for name, bal, acc, seconds, *_
+                          in rows], columns=["method", "balanced accuracy", "accuracy", "time"])
+    name = os.path.basename(os.path.abspath(os.fspath(test_dir)))
+    return {"Features + heads or fine-tuning?": [f"{text} (test folder {name})",
+                                                 table.set_index("method")]}
+
+
 def run(args: argparse.Namespace) -> int:
     """Train both, score both, say which to use; returns 0, or 3 when some files were left
     out."""
-    from functools import partial
-
+    # classify (scikit-learn) and fine-tuning (torch) load when the command runs, not when the
+    # command line starts
     from classify import load_model
+    from classify.metrics import paired_comparison
     from classify.splits import plan_folds
     from classify.training import train_folder
     from featurize.finetune import finetune
-    from featurize.progress import log_to_stderr
 
     os.makedirs(args.out_dir, exist_ok=True)
     model_path = os.path.join(args.out_dir, "features.joblib")
@@ -130,14 +123,7 @@ def run(args: argparse.Namespace) -> int:
     text = verdict(rows, paired)
     print(f"\n{text}")
     if args.report:
-        import html
-
-        table = "".join(f"<tr><th>{html.escape(name)}</th><td>{bal:.4f}</td><td>{acc:.4f}</td>"
-                        f"<td>{seconds:.0f} s</td></tr>" for name, bal, acc, seconds, _ in rows)
-        extra = {"Features + heads or fine-tuning?": (
-            f"<p><b>{html.escape(text)}</b> (test folder {html.escape(str(args.test))})</p>"
-            "<table><thead><tr><th>method</th><th>balanced accuracy</th><th>accuracy</th>"
-            f"<th>time</th></tr></thead><tbody>{table}</tbody></table>")}
+        extra = report_section(rows, text, args.test)
         model.report(args.data_dir, args.test, out=args.report, extra=extra, **runtime)
         print(f"Wrote {args.report}")
     return code

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from featurize.cache_tools import cache_info, describe
 from featurize.exceptions import CacheError
+from featurize.storage.cache_tools import cache_info, configuration_line, describe
 from pipelines.arguments import add_format_arg, input_file
 
 NAME = "info"
@@ -31,6 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("file", metavar="FILE", type=input_file, help="the HDF5 cache file")
     add_format_arg(parser, help_text="output format (default text; json: a machine-readable "
                                      "document)")
+    parser.add_argument("--brief", action="store_true",
+                        help="one line per configuration: id, backbone, layer, pooling, "
+                             "precision, rows x width, failures (the id is what `featurize "
+                             "export --config` takes)")
     parser.set_defaults(func=run)
 
 
@@ -45,10 +49,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.format == "json":
             text = json.dumps(cache_info(args.file), indent=2, sort_keys=True, default=str)
+        elif args.brief:
+            text = "\n".join(configuration_line(entry)
+                             for entry in cache_info(args.file)["configurations"])
         else:
             text = describe(args.file)
     except CacheError as exc:
         sys.stderr.write(f"featurize {NAME}: error: {exc}\n")
         return 1
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(text + "\n" if text else "")
     return 0

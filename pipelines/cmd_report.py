@@ -27,9 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         NAME,
         help="write a self-contained HTML report of a model on its data, with the images",
-        description="One HTML file (thumbnails and scripts inline; it opens offline): summary, "
-                    "confusion matrix and per-class table, the mistakes (out of fold on the "
-                    "training data; on TEST_DIR when given), likely label errors, "
+        description="One HTML file (thumbnails and scripts inline; it opens offline; paths "
+                    "relative to the folder holding DATA_DIR, so it can be shared): the "
+                    "headline score (on TEST_DIR when given, else out of fold), the confusion "
+                    "matrix as a heat map and the per-class table, the most confused pairs, a "
+                    "summary, the mistakes (out of fold on the training data; on TEST_DIR "
+                    "when given), likely label errors, "
                     "near-duplicates and train/test leaks, a 2-D map of the embeddings, and "
                     "the files that failed. Built from the model's out-of-fold predictions and "
                     "the cached features (--cache): the model is not trained again. DATA_DIR "
@@ -62,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
                               **runtime_options(args))
     code = report_failed(report.failed_now)
     print(f"Wrote {args.out} in {time.perf_counter() - start:.0f} s:")
+    if report.headline:
+        print(f"  {report.headline}")
     for key, value in report.summary.items():
         print(f"  {key}: {value}")
     return code

@@ -20,9 +20,17 @@ import os
 from dataclasses import fields
 from typing import Any
 
+from featurize.options import CACHE_DTYPES, CACHED_POOLINGS, ENGINES, PRECISIONS
 from pipelines.spec import JobConfigError, JobSpec, parse_shard, parse_weights
 
 __all__ = ["KEYS", "build_spec", "load_job_file", "parse_resources"]
+
+
+
+def _one_of(names) -> str:
+    """``("a", "b", "c")`` -> ``"a, b or c"`` (the option tables of :mod:`featurize.options`)."""
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
 
 #: TOML key -> (JobSpec field, kind, description). Kinds: str, int, bool, path, paths (a string
 #: or a list of strings), strs, weights, shard, resources.
@@ -34,13 +42,13 @@ KEYS: dict[str, tuple[str, str, str]] = {
     "backbone": ("backbone", "str", "backbone name (default efficientnet_lite0)"),
     "weights": ("weights", "weights", "'DEFAULT', a weights name, a checkpoint path, or 'none'"),
     "layer": ("layers", "strs", "layer name or list of names (default: penultimate)"),
-    "pooling": ("pooling", "str", "avg, max, avgmax, gem or flatten (default avg)"),
+    "pooling": ("pooling", "str", f"{_one_of(CACHED_POOLINGS)} (default avg)"),
     "device": ("device", "str", "auto, cpu, cuda, cuda:N or mps (default auto)"),
-    "precision": ("precision", "str", "auto, fp32, bf16 or fp16 (default auto)"),
-    "engine": ("engine", "str", "auto, eager, onnxruntime, torchscript or compile"),
+    "precision": ("precision", "str", f"{_one_of(PRECISIONS)} (default auto)"),
+    "engine": ("engine", "str", f"{_one_of(ENGINES)} (default auto)"),
     "batch_size": ("batch_size", "int", "images per forward pass (default 32)"),
     "workers": ("workers", "int", "threads decoding images (default: one per core)"),
-    "dtype": ("dtype", "str", "storage type in the cache: float32 or float16"),
+    "dtype": ("dtype", "str", f"storage type in the cache: {_one_of(CACHE_DTYPES)}"),
     "shard": ("shard", "shard", "'I/N': process shard I of N"),
     "failures": ("failures", "path", "CSV manifest of failed files (path, reason)"),
     "retry_failed": ("retry_failed", "bool", "re-read files recorded as failed"),

@@ -3,7 +3,7 @@
 A job is a reader -> mapper -> writer pipeline (as in clip-retrieval), with per-image status and
 an incremental mode (as in img2dataset) that is always on:
 
-* **reader** (:mod:`pipelines.inputs`): folders, files, glob patterns and list files become one
+* **reader** (:mod:`pipelines.sources`): folders, files, glob patterns and list files become one
   deterministic list of absolute paths; :func:`pipelines.spec.select_shard` keeps a stable 1/N
   of it (a hash of each path, so a file's shard does not change when the folder grows);
 * **mapper + writer**: :func:`featurize.loop.stream_extract`, the library's one extraction
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from featurize.progress import Progress, duration, make_progress
-from pipelines.inputs import resolve_inputs
+from pipelines.sources import resolve_inputs
 from pipelines.spec import JobConfigError, JobSpec, select_shard
 
 __all__ = ["FailureManifest", "JobSummary", "peak_rss_bytes", "run_job"]

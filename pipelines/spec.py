@@ -43,8 +43,9 @@ class JobSpec:
     backbone, weights, layers, pooling, device, precision
         The :class:`featurize.extraction.Extractor` options; ``weights`` None or ``"none"`` is
         a random initialisation.
-    engine : {"auto", "eager", "onnxruntime", "torchscript", "compile"}, default="auto"
-        How the forward pass runs (see :mod:`featurize.engine`); ``"auto"`` is decided once
+    engine : str, default="auto"
+        How the forward pass runs, one of :data:`featurize.options.ENGINES` (see
+        :mod:`featurize.runtimes`); ``"auto"`` is decided once
         for the whole job (see :meth:`extractor_options`).
     batch_size : int, default=32
         Images per forward pass.

@@ -781,3 +781,19 @@ def test_module_imports_without_h5py_or_torch():
 def test_cache_module_has_no_print_or_assert():
     source = Path(cache_module.__file__).read_text()
     assert "print(" not in source and "\n    assert " not in source
+
+
+def test_an_entry_of_configurations_selects_its_configuration(tmp_path):
+    """export, contains and drop take what configurations() lists, not only an id."""
+    cache = FeatureCache(tmp_path / "c.h5")
+    other = {**CONFIG, "layer": "layer3"}
+    cache.write(CONFIG, ["a" * 32, "b" * 32], np.ones((2, 4), np.float32), ["a.jpg", "b.jpg"])
+    cache.write(other, ["c" * 32], np.full((1, 3), 2, np.float32), ["c.jpg"])
+    entries = {entry["config"]["layer"]: entry for entry in cache.configurations()}
+    keys, paths, feats = cache.export(entries["layer3"])
+    assert keys.tolist() == ["c" * 32] and paths.tolist() == ["c.jpg"]
+    np.testing.assert_array_equal(feats, np.full((1, 3), 2, np.float32))
+    assert cache.export(entries[CONFIG["layer"]])[0].tolist() == ["a" * 32, "b" * 32]
+    assert cache.contains(entries["layer3"], ["c" * 32, "a" * 32]).tolist() == [True, False]
+    cache.drop(entries["layer3"])
+    assert [e["id"] for e in cache.configurations()] == [entries[CONFIG["layer"]]["id"]]

@@ -15,7 +15,7 @@ from classify import (
     select_model,
     train_model,
 )
-from classify.reports import format_frame
+from classify.reports import format_frame, plural
 
 matplotlib.use("Agg")
 
@@ -108,3 +108,11 @@ def test_plots_from_a_model_and_into_given_axes(digits):
     assert axes[1].get_xlabel() == "predicted class"
     with pytest.raises(TypeError, match="SelectionResult"):
         classify.plot_layer_scores(object())
+
+
+def test_plural_forms():
+    assert plural(1, "mistake") == "1 mistake"
+    assert plural(0, "mistake") == "0 mistakes"
+    assert plural(2, "pair") == "2 pairs"
+    assert plural(3068, "image") == "3,068 images"
+    assert plural(2, "match", "matches") == "2 matches"

@@ -295,7 +295,7 @@ def test_fast_search_progress_and_nested(digits_sets, capsys):
 
 def test_screening_of_a_binary_problem_is_a_real_score():
     """Two classes: ridge encodes one +-1 column; its LOO decisions are read by sign."""
-    from classify.search import screen_feature_sets
+    from classify.screening import screen_feature_sets
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 100)
@@ -312,7 +312,7 @@ def test_ridge_loo_equals_scikit_learn(n, p, n_classes):
     from sklearn.linear_model import RidgeClassifierCV
     from sklearn.preprocessing import StandardScaler
 
-    from classify.search import ridge_loo_decisions
+    from classify.screening import ridge_loo_decisions
 
     rng = np.random.default_rng(n)
     y = rng.integers(0, n_classes, n)
@@ -329,7 +329,7 @@ def test_ridge_loo_equals_scikit_learn(n, p, n_classes):
 def test_screening_of_pure_noise_wider_than_tall_is_at_chance():
     """More features than images: a tiny alpha interpolates, and its 'leave-one-out' must not
     pass for a perfect score."""
-    from classify.search import ridge_loo_decisions, screen_feature_sets
+    from classify.screening import ridge_loo_decisions, screen_feature_sets
 
     rng = np.random.default_rng(1)
     y = np.repeat([0, 1], 40)

@@ -204,7 +204,7 @@ def test_permission_denied_is_reported(
     def denied(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr("featurize.decoding.open", denied, raising=False)
+    monkeypatch.setattr("featurize.images.decoding.open", denied, raising=False)
     with pytest.raises(ImageDecodeError, match="permission denied") as info:
         load_image(corpus["jpeg"].source)
     assert isinstance(info.value.__cause__, PermissionError)
@@ -246,7 +246,7 @@ def test_read_error_is_reported(
     def broken_disk(*args: object, **kwargs: object) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("featurize.decoding.open", broken_disk, raising=False)
+    monkeypatch.setattr("featurize.images.decoding.open", broken_disk, raising=False)
     with pytest.raises(ImageDecodeError, match="cannot read file: Input/output error"):
         load_image(corpus["jpeg"].source)
 

@@ -12,15 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
-from featurize import extraction, keys
 from featurize.cache import content_key
 from featurize.data import Decoder, collate, resize_crop
 from featurize.exceptions import BackboneError
-from featurize.extraction import Extractor
+from featurize.extraction import Extractor, engine_table, extractor
 from featurize.keys import file_content_key
 from featurize.layers import TruncatedNet, penultimate_module
 from featurize.options import ENGINES
 from featurize.runtimes import auto_candidates, available_engines, build_engine, compare_features
+from featurize.storage import keys
 
 CPU = torch.device("cpu")
 FAST = [name for name in ("onnxruntime", "openvino", "torchscript")
@@ -99,20 +99,18 @@ def test_auto_default_extractor_matches_eager_on_files(some_jpegs):
 @pytest.fixture
 def fresh_engines(monkeypatch):
     """An empty per-process engine memo for this test."""
-    monkeypatch.setattr(extraction, "_ENGINES", {})
-    monkeypatch.setattr(extraction, "_CHECKED", set())
-    monkeypatch.setattr(extraction, "_REJECTED", {})
+    monkeypatch.setattr(engine_table, "TABLE", engine_table.EngineTable())
 
 
 def test_engines_are_built_once_per_configuration(rgb_arrays, fresh_engines, monkeypatch):
     built = []
-    real = extraction.build_engine
+    real = extractor.build_engine
 
     def counting(*args, **kwargs):
         built.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(extraction, "build_engine", counting)
+    monkeypatch.setattr(extractor, "build_engine", counting)
     for _ in range(3):
         Extractor("resnet18", None, layer="layer1", device="cpu").extract(rgb_arrays[:2])
     assert len(built) == (1 if FAST else 0)
@@ -122,7 +120,7 @@ def test_auto_falls_back_when_a_build_fails(rgb_arrays, monkeypatch, fresh_engin
     def broken(name, *args, **kwargs):
         raise BackboneError(f"simulated: {name} cannot trace this network")
 
-    monkeypatch.setattr(extraction, "build_engine", broken)
+    monkeypatch.setattr(extractor, "build_engine", broken)
     ex = Extractor("resnet18", None, layer="layer1", device="cpu")
     assert ex.prepare_engine() == "eager"
     assert ex.engine_name == "eager"
@@ -137,7 +135,7 @@ def test_auto_rejects_an_engine_that_disagrees_with_eager_on_real_images(monkeyp
         def __call__(self, batch):
             return {"penultimate": np.ones((len(batch), 512), np.float32)}
 
-    monkeypatch.setattr(extraction, "build_engine", lambda *a, **k: Wrong())
+    monkeypatch.setattr(extractor, "build_engine", lambda *a, **k: Wrong())
     ex = Extractor("resnet18", None, device="cpu", precision="fp32")
     ex.prepare_engine()  # built, but not checked before a real batch comes
     out = ex.forward(batch[:3])  # the first real batch: checked, rejected, eager runs

@@ -53,8 +53,9 @@ def test_penultimate_equals_the_networks_own_embedding(some_jpegs):
     np.testing.assert_allclose(feats, captured["x"].flatten(1).numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("method,width", [("avg", 64), ("max", 64), ("avgmax", 128),
-                                          ("gem", 64), ("flatten", 64 * 56 * 56)])
+@pytest.mark.parametrize("method,width", [("avg", 64), ("max", 64), ("catavgmax", 128),
+                                          ("avgmax", 128), ("gem", 64),
+                                          ("flatten", 64 * 56 * 56)])
 def test_pooling_widths(method, width, rgb_arrays):
     ex = Extractor("resnet18", None, layer="layer1", pooling=method, device="cpu")
     out = ex.extract(rgb_arrays[:2]).features
@@ -65,10 +66,26 @@ def test_pooling_widths(method, width, rgb_arrays):
 def test_pooling_math():
     x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
     assert torch.equal(pool(x, "avg"), x.mean((2, 3)))
-    assert torch.equal(pool(x, "avgmax"), torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1))
+    assert torch.equal(pool(x, "catavgmax"), torch.cat([x.mean((2, 3)), x.amax((2, 3))], 1))
+    assert torch.equal(pool(x, "avgmax"), pool(x, "catavgmax"))  # the old name, an alias
     gem = pool(x + 1, "gem")
     assert torch.allclose(gem, ((x + 1) ** 3).mean((2, 3)) ** (1 / 3))
     assert torch.equal(pool(x, "none"), x)
+
+
+def test_catavgmax_is_served_by_a_cache_filled_under_its_old_name_avgmax(some_jpegs,
+                                                                          tmp_path):
+    cache = tmp_path / "c.h5"
+    old = Extractor("resnet18", None, layer="layer2", pooling="avgmax", device="cpu",
+                    precision="fp32")
+    new = Extractor("resnet18", None, layer="layer2", pooling="catavgmax", device="cpu",
+                    precision="fp32")
+    assert new.layer_config("layer2") == old.layer_config("layer2")
+    assert old.layer_config("layer2")["pooling"] == "avgmax"  # the key caches already hold
+    cold = old.extract(some_jpegs[:3], cache=cache)
+    warm = new.extract(some_jpegs[:3], cache=cache)
+    assert warm.n_cached == 3 and warm.n_computed == 0
+    np.testing.assert_array_equal(warm.features, cold.features)
 
 
 def test_pooling_none_returns_maps(rgb_arrays):
@@ -205,7 +222,7 @@ def test_cache_misses_exactly_what_changed(some_jpegs, tmp_path):
 
 
 def test_a_warm_cache_decodes_nothing(resnet, some_jpegs, tmp_path, monkeypatch):
-    import featurize.data as data
+    from featurize.images import data
 
     cache = tmp_path / "c.h5"
     cold = resnet.extract(some_jpegs, cache=cache).features
@@ -221,8 +238,8 @@ def test_a_warm_cache_decodes_nothing(resnet, some_jpegs, tmp_path, monkeypatch)
 def test_several_backbones_read_and_decode_each_file_once(some_jpegs, tmp_path, monkeypatch):
     """The embedded backbones at 224, 240 and 260 px share one read and one decode of each
     file, and their rows are exactly those of separate runs."""
-    import featurize.data as data
     from featurize.extraction import extract_many
+    from featurize.images import data
 
     extractors = [Extractor(name, "DEFAULT", device="cpu") for name in
                   ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")]

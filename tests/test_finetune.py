@@ -111,7 +111,7 @@ def test_the_checkpoint_is_a_backbone_and_a_model(trees, tmp_path):
 @pytest.mark.parametrize("threads", [0, 2])
 def test_same_seed_same_weights_even_when_the_first_call_builds_the_network(trees, tmp_path,
                                                                             threads):
-    from featurize import backbones
+    from featurize.networks import backbones
 
     backbones._MEMO.clear()  # the first call builds the network, the second is served a copy
     torch.manual_seed(123)
@@ -128,8 +128,8 @@ def test_same_seed_same_weights_even_when_the_first_call_builds_the_network(tree
 
 
 def test_training_autocasts_to_bf16_exactly_where_the_cpu_computes_it(monkeypatch):
-    from featurize import finetune as module
-    from featurize import hardware
+    from featurize.finetuning import finetune as module
+    from featurize.networks import hardware
 
     cpu = torch.device("cpu")
     for native, expected in ((True, torch.bfloat16), (False, None)):
@@ -278,7 +278,8 @@ def test_compare_gives_the_images_that_differ_and_a_paired_test(trees, tmp_path,
 
 
 def test_paired_comparison_counts_the_images_only_one_model_gets_right():
-    from pipelines.cmd_compare import paired_comparison, verdict
+    from classify.metrics import paired_comparison
+    from pipelines.cmd_compare import verdict
 
     y = np.array(["a"] * 10 + ["b"] * 10)
     pred_a = y.copy()

@@ -16,7 +16,7 @@ from featurize.cache import FeatureCache
 from featurize.extraction import Extractor
 from pipelines.config import KEYS, build_spec, load_job_file, parse_resources
 from featurize.progress import Progress
-from pipelines.inputs import read_list_file, resolve_inputs
+from pipelines.sources import read_list_file, resolve_inputs
 from pipelines.jobs import run_job
 from pipelines.spec import (
     JobConfigError,

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from featurize import extraction
 from featurize.exceptions import BackboneError
-from featurize.extraction import Extractor, resolve_precision
+from featurize.extraction import Extractor, engine_table, extractor, resolve_precision
 from featurize.hardware import _linux_cpu_flags, cpu_has_native_bf16
 from featurize.keys import config_id
 from featurize.layers import penultimate_module
@@ -61,9 +60,7 @@ def images(eager) -> torch.Tensor:
 
 @pytest.fixture
 def fresh_engines(monkeypatch):
-    monkeypatch.setattr(extraction, "_ENGINES", {})
-    monkeypatch.setattr(extraction, "_CHECKED", set())
-    monkeypatch.setattr(extraction, "_REJECTED", {})
+    monkeypatch.setattr(engine_table, "TABLE", engine_table.EngineTable())
 
 
 def _build(eager, precision):
@@ -173,14 +170,14 @@ def test_openvino_bf16_keys_name_the_layers_read_together():
 @needs_bf16
 def test_auto_bf16_falls_back_to_fp32_before_any_key_when_openvino_fails(monkeypatch, caplog,
                                                                           fresh_engines):
-    real = extraction.build_engine
+    real = extractor.build_engine
 
     def openvino_fails(name, *args, **kwargs):
         if name == "openvino":
             raise BackboneError("simulated: OpenVINO cannot compile this network")
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(extraction, "build_engine", openvino_fails)
+    monkeypatch.setattr(extractor, "build_engine", openvino_fails)
     ex = Extractor(device="cpu")
     assert (ex.precision, ex.engine_name) == ("bf16", "openvino")  # planned
     with caplog.at_level("INFO", logger="featurize.extraction"):
@@ -206,8 +203,8 @@ def test_an_openvino_engine_that_disagrees_is_dropped_before_the_keys(monkeypatc
         def __call__(self, batch):
             return {"penultimate": np.ones((len(batch), 1280), np.float32)}
 
-    real = extraction.build_engine
-    monkeypatch.setattr(extraction, "build_engine", lambda name, *a, **k: Wrong()
+    real = extractor.build_engine
+    monkeypatch.setattr(extractor, "build_engine", lambda name, *a, **k: Wrong()
                         if name == "openvino" else real(name, *a, **k))
     ex = Extractor(device="cpu")
     assert ex.layer_config("penultimate")["precision"] == "fp32"  # checked on real images

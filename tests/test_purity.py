@@ -107,7 +107,7 @@ def test_extract_job_records_non_finite_features_as_failures(tmp_path, some_jpeg
 
 def test_a_file_changed_while_the_job_runs_is_keyed_by_what_was_decoded(tmp_path, monkeypatch,
                                                                          some_jpegs):
-    import featurize.data as data
+    from featurize.images import data
 
     target = tmp_path / "img.jpg"
     shutil.copy(some_jpegs[0], target)

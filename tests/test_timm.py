@@ -124,7 +124,7 @@ def test_cache_key_has_the_timm_version_model_and_weights_file(tmp_path, monkeyp
     state["fc.bias"] = state["fc.bias"] + 1
     save_file({k: v.contiguous() for k, v in state.items()}, str(b))
     assert key(CNN, str(a))["weights_sha256"] != key(CNN, str(b))["weights_sha256"]
-    from featurize import backbones
+    from featurize.networks import backbones
 
     backbones._MEMO.clear()
     monkeypatch.setattr(timm, "__version__", "0.0-test")
@@ -240,7 +240,7 @@ def empty_caches(tmp_path, monkeypatch):
     """Empty torch and Hugging Face hub caches (and no memoized backbone)."""
     from huggingface_hub import constants
 
-    from featurize import backbones
+    from featurize.networks import backbones
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))

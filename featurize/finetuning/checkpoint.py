@@ -1,4 +1,5 @@
-"""The checkpoint of :func:`featurize.finetune.finetune`: a plain dict of tensors, strings and
+"""The checkpoint of :func:`featurize.finetuning.finetune.finetune`: a plain dict of tensors,
+strings and
 numbers (``torch.load(..., weights_only=True)`` reads it, no pickled code), written atomically.
 
 Keys: ``format`` (:data:`FORMAT`), ``backbone``, ``base_weights``, ``seed``, ``classifier``
@@ -21,7 +22,8 @@ FORMAT = "featurize.finetuned"
 
 
 def is_finetuned_checkpoint(payload) -> bool:
-    """Whether a loaded object is a checkpoint written by :func:`featurize.finetune.finetune`."""
+    """Whether a loaded object is a checkpoint written by
+    :func:`featurize.finetuning.finetune.finetune`."""
     return isinstance(payload, dict) and payload.get("format") == FORMAT
 
 

@@ -5,7 +5,7 @@
 * :func:`split_train_val`: a seeded, stratified validation split that never takes a class's only
   image;
 * :func:`iter_batches`: uint8 batches decoded and transformed by the bounded thread pool of
-  :func:`featurize.data.decode_in_threads`. Pillow releases the GIL while it decodes, drafts
+  :func:`featurize.images.data.decode_in_threads`. Pillow releases the GIL while it decodes, drafts
   and resizes, so threads decode in parallel with nothing to pickle, fork or bootstrap:
   fine-tuning runs the same under every multiprocessing start method (``spawn`` on macOS and
   Windows, ``forkserver``), inside scikit-learn's or Dask's worker processes and in
@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from featurize.exceptions import ImageDecodeError
+from featurize.images.data import decode_in_threads
 
 #: Area range and aspect ratios of the random resized crop (torchvision's ratios).
 CROP_SCALE = (0.35, 1.0)
@@ -145,7 +146,7 @@ def iter_batches(items: Sequence, work: Callable, batch_size: int, threads: int,
                  ) -> Iterator[tuple[list, torch.Tensor | None, list[tuple[object, str]]]]:
     """Run ``work(item)`` on every item, in a thread pool, and yield batches in order.
 
-    The thread pool is :func:`featurize.data.decode_in_threads`'s (bounded prefetch, queued
+    The thread pool is :func:`featurize.images.data.decode_in_threads`'s (bounded prefetch, queued
     work cancelled when the consumer stops).
 
     Parameters
@@ -168,7 +169,6 @@ def iter_batches(items: Sequence, work: Callable, batch_size: int, threads: int,
         None when no item of the batch decoded.
     failures : list of (item, reason)
     """
-    from featurize.data import decode_in_threads
 
     def load(item):
         try:

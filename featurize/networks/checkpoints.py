@@ -2,8 +2,8 @@
 ``torch.load(weights_only=True)`` and hashed), the deterministic random initialisation, and
 close-name suggestions for errors.
 
-:mod:`featurize.backbones` (embedded and torchvision networks, the registry) and
-:mod:`featurize.timm_backbones` both build on this module; neither imports the other's
+:mod:`featurize.networks.backbones` (embedded and torchvision networks, the registry) and
+:mod:`featurize.networks.timm_backbones` both build on this module; neither imports the other's
 internals, so there is no import cycle between them.
 """
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from featurize.exceptions import BackboneError, WeightsNotFoundError
-from featurize.preprocessing import Preprocessing
+from featurize.images.preprocessing import Preprocessing
 
 __all__ = ["RANDOM_INIT_SEED", "Backbone", "apply_state", "checkpoint_sha256", "close_matches",
            "is_weights_path", "load_checkpoint", "random_init"]

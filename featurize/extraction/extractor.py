@@ -1,7 +1,10 @@
-"""Batched feature extraction: images in, one row of features per image out, in input order.
+"""The extractor: a backbone truncated at its layers, loaded once, run by an engine.
 
-:class:`Extractor` holds a loaded, truncated backbone; :func:`extract_features` is the plain
-function on top of it, and :class:`featurize.CNNFeaturizer` the scikit-learn estimator.
+:class:`Extractor` holds a loaded, truncated backbone and runs its forward pass (through the
+engine chosen for the configuration and the machine, with out-of-memory halving);
+:func:`extract_features` is the plain function on top of it, and
+:class:`featurize.CNNFeaturizer` the scikit-learn estimator. Several extractors share one pass
+over the images in :mod:`featurize.extraction.passes`.
 """
 
 from __future__ import annotations
@@ -9,29 +12,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from featurize._version import FEATURE_VERSION
-from featurize.backbones import load_backbone
-from featurize.decoding import DEFAULT_MAX_PIXELS, describe_source
-from featurize.exceptions import BackboneError, CacheError, FeatureExtractionWarning
-from featurize.inputs import as_sources
-from featurize.layers import (
+from featurize.exceptions import BackboneError, CacheError
+from featurize.extraction import engine_table
+from featurize.extraction.passes import ExtractionResult, extract_many
+from featurize.images.decoding import DEFAULT_MAX_PIXELS
+from featurize.networks.backbones import load_backbone
+from featurize.networks.hardware import resolve_device
+from featurize.networks.layers import (
     PENULTIMATE,
     TruncatedNet,
     check_layers,
     penultimate_module,
     trace_layers,
 )
-from featurize.loop import ArraySink, Task, run_extractions
-from featurize.options import PRECISIONS, check_choice, check_extraction_options
-from featurize.pooling import pool
-from featurize.progress import make_progress
-from featurize.runtimes import (
+from featurize.networks.pooling import pool
+from featurize.networks.runtimes import (
     auto_candidates,
     auto_min_cosine,
     available_engines,
@@ -40,95 +40,19 @@ from featurize.runtimes import (
     check_precision,
     compare_features,
     engine_numerics,
+    resolve_precision,
 )
+from featurize.options import (
+    check_extraction_options,
+    pooling_key,
+)
+
+__all__ = ["ExtractionResult", "Extractor", "extract_features", "extract_many",
+           "resolve_device", "resolve_precision"]
 
 logger = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then MPS, then CPU; anything else is passed to ``torch.device``."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(
-            f"Invalid device {device!r}. Expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
-        ) from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available here;"
-                         " use device='auto' or 'cpu'.")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device, engine: str = "auto", *,
-                      native_bf16: bool | None = None) -> str:
-    """The precision ``"auto"`` stands for on ``device`` with ``engine``.
-
-    On CUDA bf16 where the GPU supports it, else fp16. On the CPU bf16 where it computes bf16
-    natively and OpenVINO runs it (``engine`` ``"auto"`` or ``"openvino"``, OpenVINO
-    installed), fp32 elsewhere: emulated bf16 is slower than fp32, and the other CPU engines
-    are fp32 only. An engine that then fails falls back to fp32 (:meth:`Extractor.prepare_engine`).
-
-    Parameters
-    ----------
-    precision : {"auto", "fp32", "bf16", "fp16"}
-    device : torch.device
-    engine : str, default="auto"
-    native_bf16 : bool or None, default=None
-        Whether the CPU computes bf16 natively; None detects it
-        (:func:`featurize.hardware.cpu_has_native_bf16`).
-
-    Returns
-    -------
-    str
-    """
-    check_choice("precision", precision, PRECISIONS)
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if (device.type == "cpu" and engine in ("auto", "openvino")
-            and auto_candidates(device, "bf16", native_bf16=native_bf16)[0] == "openvino"):
-        return "bf16"
-    return "fp32"
-
-
-@dataclass
-class ExtractionResult:
-    """What :meth:`Extractor.extract` returns.
-
-    Attributes
-    ----------
-    features : ndarray of shape (n_images, n_features), float32
-        Rows in input order; the layers' pooled outputs concatenated in the order asked for.
-        Rows of failed images are NaN.
-    failures : dict of int to str
-        ``row -> reason`` for every image that could not be featurized.
-    sources : list of str
-        A printable name for every row (the path for files).
-    widths : dict of str to int
-        Width of each layer's part of a row.
-    n_computed, n_cached : int
-        Images run through the network in this call, and served from the cache.
-    """
-
-    features: np.ndarray
-    failures: dict[int, str]
-    sources: list[str]
-    widths: dict[str, int]
-    n_computed: int = 0
-    n_cached: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Extractor:
@@ -139,18 +63,20 @@ class Extractor:
     backbone : str, default="efficientnet_lite0"
         A name from :func:`featurize.list_backbones`.
     weights : str, path-like or None, default="DEFAULT"
-        See :func:`featurize.backbones.load_backbone`.
+        See :func:`featurize.networks.backbones.load_backbone`.
     layer : str, list of str or None, default=None
         Layer name(s) from :func:`featurize.list_layers`; None is ``"penultimate"``, the
         embedding the network's own classifier uses.
-    pooling : {"avg", "max", "avgmax", "gem", "flatten", "none"}, default="avg"
-        How each layer's map becomes a vector (see :func:`featurize.pooling.pool`).
+    pooling : {"avg", "max", "catavgmax", "gem", "flatten", "none"}, default="avg"
+        How each layer's map becomes a vector (see :func:`featurize.networks.pooling.pool`);
+        ``catavgmax`` concatenates avg and max (``avgmax``: its old name, an alias).
     device : str, default="auto"
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Precision of the forward pass. ``"auto"`` is bf16 (or fp16) autocast on CUDA; on the CPU
         bf16 run by OpenVINO where the CPU computes bf16 natively (AMX or AVX-512 BF16) and
-        OpenVINO is installed, else fp32 (see :func:`resolve_precision`). After
+        OpenVINO is installed, else fp32 (see
+        :func:`~featurize.networks.runtimes.resolve_precision`). After
         :meth:`prepare_engine` the attribute holds what runs (an OpenVINO engine that fails
         falls back to fp32 under ``"auto"``); it is part of the cache key.
     channels_last : bool or None, default=None
@@ -161,8 +87,8 @@ class Extractor:
         Larger images are refused without being decoded (decompression-bomb guard).
     engine : {"auto", "eager", "onnxruntime", "openvino", "torchscript", "compile"}, \
 default="auto"
-        How the forward pass runs (see :mod:`featurize.runtimes`). ``"eager"`` is the PyTorch
-        reference. ``"auto"`` is decided by the configuration and the machine, whatever the
+        How the forward pass runs (see :mod:`featurize.networks.runtimes`). ``"eager"`` is the
+        PyTorch reference. ``"auto"`` is decided by the configuration and the machine, whatever the
         size of a call: on the CPU in fp32 the fastest engine installed (ONNX Runtime, else
         OpenVINO, else a frozen TorchScript graph), in bf16 OpenVINO, checked against eager
         fp32 on real images; eager elsewhere. In fp32 engines agree with eager up to float
@@ -231,7 +157,7 @@ default="auto"
         # Decided by the configuration and the machine, never by the size of a call.
         self._planned = (auto_candidates(self.device, self.precision)[0] if engine == "auto"
                          else engine)
-        self._engine = None  # the built featurize.runtimes.Engine, None for eager
+        self._engine = None  # the built featurize.networks.runtimes.Engine, None for eager
         self._announced = False  # the engine that runs was logged
 
     # -- configuration ---------------------------------------------------------------------
@@ -253,7 +179,8 @@ default="auto"
             "weights": self.backbone.weights,
             "weights_sha256": self.backbone.weights_sha256,
             "layer": layer,
-            "pooling": self.pooling,
+            # "catavgmax" keeps the key of its old name "avgmax" (caches stay warm)
+            "pooling": pooling_key(self.pooling),
             "preprocessing": self.preprocessing.to_dict(),
             "precision": self.precision,
             "draft": bool(self.draft),
@@ -304,13 +231,14 @@ default="auto"
         -------
         str
         """
+        table = engine_table.TABLE
         while self._engine is None and self._planned != "eager":
             name = self._planned
             key = self._engine_key(name)
-            engine = _ENGINES.get(key)
+            engine = table.get(key)
             # an engine asked for by name is built (or its error raised) even if "auto"
             # rejected it before
-            if engine is None and (key not in _REJECTED or self.engine != "auto"):
+            if engine is None and (not table.is_rejected(key) or self.engine != "auto"):
                 try:
                     engine = build_engine(
                         name, self.model, self.layers,
@@ -319,26 +247,26 @@ default="auto"
                 except BackboneError as exc:
                     if self.engine != "auto":
                         raise
-                    _REJECTED[key] = str(exc)
+                    table.reject(key, str(exc))
                     engine = None
-            if engine is not None and self.engine == "auto" and key not in _CHECKED:
+            if engine is not None and self.engine == "auto" and not table.is_checked(key):
                 check = batch
                 if check is None and engine_numerics(name, self.precision):
                     check = self._check_batch()  # it decides the cache key: checked now
                     if check is None:
-                        _REJECTED[key] = "no real images to check it on"
-                if check is None and key not in _REJECTED:
+                        table.reject(key, "no real images to check it on")
+                if check is None and not table.is_rejected(key):
                     return name  # checked on the first real batch
-                reason = _REJECTED.get(key) or self._disagreement(engine, check)
+                reason = table.rejection(key) or self._disagreement(engine, check)
                 if reason is None:
-                    _CHECKED.add(key)
+                    table.mark_checked(key)
                 else:
-                    _REJECTED[key] = reason
+                    table.reject(key, reason)
                     engine = None
             if engine is None:
-                self._fall_back(name, _REJECTED.get(key))
+                self._fall_back(name, table.rejection(key))
                 continue
-            _remember(key, engine)
+            table.remember(key, engine)
             self._engine = engine
         if not self._announced and (self._engine is not None or self._planned == "eager"):
             self._announced = True
@@ -442,7 +370,7 @@ default="auto"
         Parameters
         ----------
         images : sequence or folder
-            Anything :func:`featurize.inputs.as_sources` takes.
+            Anything :func:`featurize.images.inputs.as_sources` takes.
         batch_size : int, default=32
             Images per forward pass (halved automatically on out-of-memory).
         num_workers : int or None, default=None
@@ -486,113 +414,6 @@ default="auto"
         return cols
 
 
-#: Built engines of this process, by configuration (a few; oldest dropped first), and the
-#: configurations whose "auto" engine passed its check or was rejected (with the reason).
-_ENGINES: dict[tuple, object] = {}
-_MAX_ENGINES = 8
-_CHECKED: set[tuple] = set()
-_REJECTED: dict[tuple, str] = {}
-#: Engines of a parent process, kept (never run, never destroyed) in a forked child.
-_FORKED_AWAY: list[dict] = []
-
-
-def _forget_engines() -> None:
-    """A forked child must not run its parent's engines: their thread pools did not follow.
-
-    featurize starts no process itself, but a user's ``multiprocessing`` pool under the
-    ``fork`` start method (the default on Linux before Python 3.14) calls it in children of a
-    process that featurized already. The parent's engines are set aside, never destroyed here:
-    OpenVINO's destructors wait for threads that do not exist in the child and would hang it.
-    """
-    global _ENGINES
-    _FORKED_AWAY.append(_ENGINES)
-    _ENGINES = {}
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_engines)
-
-
-def _remember(key: tuple, engine) -> None:
-    _ENGINES.pop(key, None)
-    _ENGINES[key] = engine
-    while len(_ENGINES) > _MAX_ENGINES:
-        _ENGINES.pop(next(iter(_ENGINES)))
-
-
-def _warn_failures(failures: dict[int, str], names: list[str], n: int) -> None:
-    rows = sorted(failures)
-    listed = "; ".join(f"{names[r]!r}: {failures[r]}" for r in rows[:5])
-    more = f"; and {len(rows) - 5} more" if len(rows) > 5 else ""
-    warnings.warn(FeatureExtractionWarning(
-        f"{len(rows)} of {n} images could not be featurized and got rows of NaN ({listed}{more})."
-        " The warning's .failures attribute lists them all.",
-        [{"row": r, "source": names[r], "reason": failures[r]} for r in rows],
-    ), stacklevel=5)
-
-
-def extract_many(extractors, images, *, batch_size: int = 32, num_workers: int | None = None,
-                 cache=None, on_error: str = "raise", verbose: int = 0,
-                 retry_failed: bool = False, progress: str | None = None
-                 ) -> list[ExtractionResult]:
-    """Featurize images with several extractors in one pass: each image is read and decoded
-    once, then resized for each backbone (``featurize train`` reads three).
-
-    Parameters
-    ----------
-    extractors : sequence of Extractor
-    images : sequence or folder
-        Anything :func:`featurize.inputs.as_sources` takes.
-    batch_size, num_workers, cache, on_error, verbose, retry_failed, progress
-        As in :meth:`Extractor.extract`; one cache serves every extractor (each configuration
-        has its own rows in it).
-
-    Returns
-    -------
-    list of ExtractionResult
-        One per extractor, in order.
-    """
-    check_extraction_options(owner="extract_many", on_error=on_error, batch_size=batch_size,
-                             num_workers=num_workers)
-    if cache is not None and any(ex.pooling == "none" for ex in extractors):
-        raise ValueError("pooling='none' returns feature maps, which are not cached;"
-                         " use cache=None.")
-    sources = as_sources(images)
-    n = len(sources)
-    names = [describe_source(s, i) for i, s in enumerate(sources)]
-    store = _as_cache(cache)
-    sinks = [ArraySink(ex._allocate(n), None if ex.pooling == "none" else ex._columns(), names,
-                       on_error) for ex in extractors]
-    backbones = "+".join(dict.fromkeys(ex.backbone.name for ex in extractors))
-    progress = make_progress(progress or ("bar" if verbose else "none"), interval=10.0,
-                             desc=f"featurize {backbones}")
-    progress.start(n * len(extractors))
-    try:
-        run_extractions(sources, [Task(ex, store, sink) for ex, sink in zip(extractors, sinks)],
-                        names=names, batch_size=batch_size, num_workers=num_workers,
-                        retry_failed=retry_failed, progress=progress)
-    finally:
-        progress.close()
-    failures = dict(sorted((row, why) for sink in sinks for row, why in sink.failures.items()))
-    if failures and on_error == "nan":
-        _warn_failures(failures, names, n)
-    return [ExtractionResult(sink.out, dict(sorted(sink.failures.items())), names,
-                             dict(ex.widths), sink.extracted, sink.cached)
-            for ex, sink in zip(extractors, sinks)]
-
-
-def _as_cache(cache):
-    if cache is None:
-        return None
-    from featurize.cache import FeatureCache
-
-    if isinstance(cache, FeatureCache):
-        return cache
-    if isinstance(cache, (str, os.PathLike)):
-        return FeatureCache(cache)
-    raise TypeError(f"cache must be None, a path or a FeatureCache; got {type(cache).__name__}.")
-
-
 def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="DEFAULT",
                      layer=None, pooling: str = "avg", batch_size: int = 32, device="auto",
                      num_workers: int | None = None, precision: str = "auto", cache=None,
@@ -612,7 +433,7 @@ def extract_features(images, *, backbone: str = "efficientnet_lite0", weights="D
     layer : str, list of str or None, default=None
         Layer(s) to read; None is the network's penultimate embedding. Several layers are read
         in one forward pass and concatenated in the given order.
-    pooling : {"avg", "max", "avgmax", "gem", "flatten", "none"}, default="avg"
+    pooling : {"avg", "max", "catavgmax", "gem", "flatten", "none"}, default="avg"
         Pooling of each layer's output.
     batch_size : int, default=32
         Images per forward pass.

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.metadata
+import json
 import os
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +24,8 @@ import numpy as np
 
 from featurize._version import FEATURE_VERSION, __version__
 from featurize.exceptions import CacheCorruptedError, CacheError
+from featurize.storage.filekinds import identify, is_hdf5
+from featurize.storage.keys import canonical_json
 
 #: Version of the on-disk layout described in ``docs/cache.md``. A file with a greater
 #: version was written by a newer featurize and is refused.
@@ -54,7 +58,6 @@ def open_for_reading(path: str) -> Any:
 
 
 def corrupted(path: str, exc: BaseException) -> CacheCorruptedError:
-    from featurize.filekinds import identify, is_hdf5
 
     kind = identify(path)
     if kind is not None and not is_hdf5(path):
@@ -227,3 +230,65 @@ def clean_text(value: Any) -> str:
     # Paths are provenance only: undecodable file names are kept readable, not refused.
     value = value.replace("\0", "\\x00")  # HDF5 strings end at a NUL
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def create_feature_datasets(grp: Any, width: int, dtype: str) -> None:
+    h5py = h5py_module()
+    rows = int(min(4096, max(1, FEATURE_CHUNK_BYTES // (width * np.dtype(dtype).itemsize))))
+    grp.create_dataset("keys", shape=(0,), maxshape=(None,), dtype="S32",
+                       chunks=(KEY_CHUNK_ROWS,), fletcher32=True)
+    grp.create_dataset("paths", shape=(0,), maxshape=(None,),
+                       dtype=h5py.string_dtype("utf-8"), chunks=(KEY_CHUNK_ROWS,))
+    grp.create_dataset("features", shape=(0, width), maxshape=(None, width), dtype=dtype,
+                       chunks=(rows, width), fletcher32=True)
+
+
+
+def read_failures(grp: Any) -> tuple[list[bytes], list[str], list[str]]:
+    if "failures" not in grp:
+        return [], [], []
+    fails = grp["failures"]
+    n = int(fails.attrs["n_committed"])
+    return (fails["keys"][:n].tolist(), decode_text(fails["paths"][:n]),
+            decode_text(fails["reasons"][:n]))
+
+def write_failures(grp: Any, keys: list[bytes], paths: list[str], reasons: list[str]
+                    ) -> None:
+    h5py = h5py_module()
+    if "failures" not in grp:
+        fails = grp.create_group("failures")
+        fails.create_dataset("keys", shape=(0,), maxshape=(None,), dtype="S32",
+                             chunks=(256,))
+        for name in ("paths", "reasons"):
+            fails.create_dataset(name, shape=(0,), maxshape=(None,),
+                                 dtype=h5py.string_dtype("utf-8"), chunks=(256,))
+    fails = grp["failures"]
+    for name, values in (("keys", np.array(keys, dtype="S32")), ("paths", paths),
+                         ("reasons", reasons)):
+        fails[name].resize(len(keys), axis=0)
+        if keys:
+            fails[name][:] = values
+    fails.attrs["n_committed"] = np.int64(len(keys))
+
+
+def require_group(f: Any, cid: str, config: Mapping[str, Any],
+                  provenance: Mapping[str, Any] | None, path: str) -> Any:
+    """The group of configuration ``cid`` in the open file ``f``, created (with the
+    configuration, a fresh uid, no committed row and the provenance) where missing; a group
+    that holds another configuration than its name says is a corrupted file."""
+    configs = f.require_group("configs")
+    if cid in configs:
+        grp = configs[cid]
+        stored = json.loads(grp.attrs["config"])
+        if canonical_json(stored) != canonical_json(config):
+            raise corrupted(path, ValueError(
+                f"group {cid} holds another configuration than its name says"))
+        return grp
+    grp = configs.create_group(cid)
+    grp.attrs["config"] = json.dumps(config, sort_keys=True, indent=2)
+    grp.attrs["config_id"] = cid
+    grp.attrs["uid"] = uuid.uuid4().hex
+    grp.attrs["n_committed"] = np.int64(0)
+    for name, value in (provenance or make_provenance()).items():
+        grp.attrs[name] = value
+    return grp

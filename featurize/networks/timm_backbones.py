@@ -17,10 +17,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 
-from featurize.checkpoints import (
+from featurize.exceptions import BackboneError, WeightsNotFoundError
+from featurize.images.preprocessing import Preprocessing
+from featurize.networks.checkpoints import (
     Backbone,
     apply_state,
     checkpoint_sha256,
@@ -29,8 +33,6 @@ from featurize.checkpoints import (
     load_checkpoint,
     random_init,
 )
-from featurize.exceptions import BackboneError, WeightsNotFoundError
-from featurize.preprocessing import Preprocessing
 
 PREFIX = "timm:"
 
@@ -107,8 +109,6 @@ def hub_filenames(cfg) -> list[str]:
 
 def url_weights_file(url: str):
     """Where torch (and timm) keep the file of weights downloaded from a plain ``url``."""
-    from pathlib import Path
-    from urllib.parse import urlsplit
 
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlsplit(url).path)
 
