@@ -42,7 +42,7 @@ def _run(*args: str) -> tuple[str, float]:
 def _predictions(model_path: str, test: Path) -> dict:
     """Predicted class of every test image (path -> class), as `featurize evaluate` scores."""
     from classify import load_model
-    from featurize.folder import load_image_folder
+    from featurize.images.folder import load_image_folder
 
     data = load_image_folder(test)
     pred = load_model(model_path).predict(data.paths)
@@ -56,9 +56,9 @@ def training_speed(backbone: str = "efficientnet_lite2", unfreeze: int = 3, step
     fp32 and under the default autocast, alternated in one run."""
     import torch
 
-    from featurize.backbones import load_backbone
-    from featurize.finetune import _stages, autocast_dtype
-    from featurize.layers import penultimate_module, trace_layers
+    from featurize.finetuning.finetune import _stages, autocast_dtype
+    from featurize.networks.backbones import load_backbone
+    from featurize.networks.layers import penultimate_module, trace_layers
 
     loaded = load_backbone(backbone)
     model, size = loaded.model.eval(), loaded.preprocessing.crop_size

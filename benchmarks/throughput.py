@@ -126,11 +126,11 @@ class _Rows(torch.utils.data.Dataset):
 def process_loader(workers: int):
     """Benchmark-only: decode in DataLoader worker processes, as featurize did before threads.
 
-    Replaces the loop's thread pool (``featurize.loop.decode_in_threads``) with a
+    Replaces the loop's thread pool (``featurize.extraction.loop.decode_in_threads``) with a
     ``DataLoader`` of ``workers`` processes that collates in the workers, for the duration of
     the ``with`` block.
     """
-    import featurize.loop as loop
+    import featurize.extraction.loop as loop
 
     def decode_in_processes(decode, work, threads, window):
         loader = torch.utils.data.DataLoader(_Rows(decode, list(work)), batch_size=32,
@@ -159,7 +159,7 @@ def naive_features(paths, backbone, device) -> tuple[np.ndarray, float]:
     from PIL import Image
     from torchvision import transforms
 
-    from featurize.layers import penultimate_module, trace_layers
+    from featurize.networks.layers import penultimate_module, trace_layers
 
     prep = backbone.preprocessing
     transform = transforms.Compose([
@@ -194,7 +194,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def decoded_batches(extractor, paths, n, batch_size, device):
     """uint8 batches of ``n`` images already decoded and resized, on the device."""
-    from featurize.data import Decoder
+    from featurize.images.data import Decoder
 
     unique = paths[:min(len(paths), 400)]
     decoder = Decoder(unique, [extractor.preprocessing], [extractor.draft], extractor.max_pixels)
@@ -224,8 +224,8 @@ def engine_variants(device: torch.device, with_compile: bool = False) -> list[tu
     eager runs it under autocast, natively or emulated, and OpenVINO where the CPU computes
     it natively; CUDA's autocast type) on the engines that compute it.
     """
-    from featurize.runtimes import auto_candidates, available_engines, check_precision
     from featurize.exceptions import BackboneError
+    from featurize.networks.runtimes import auto_candidates, available_engines, check_precision
 
     engines = [e for e in available_engines(device) if e != "compile" or with_compile]
     reduced = {"cpu": ["bf16"], "cuda": ["bf16" if device.type == "cuda"
@@ -272,7 +272,7 @@ def measure_engines(extractors: dict, batches: list, repeats: int, min_seconds: 
     eager variants take a batch or two and fast engines many; medians over the repeats. The
     features of the first batch are compared with the first extractor's (eager fp32).
     """
-    from featurize.runtimes import compare_features
+    from featurize.networks.runtimes import compare_features
 
     labels = list(extractors)
     reference = extractors[labels[0]].forward(batches[0])
@@ -302,7 +302,7 @@ def measure_engines(extractors: dict, batches: list, repeats: int, min_seconds: 
 
 def decode_core_ms(extractor, paths: list, repeats: int) -> float:
     """Process CPU ms per image to read, hash, decode and resize a file, in this thread."""
-    from featurize.data import Decoder
+    from featurize.images.data import Decoder
 
     decoder = Decoder(paths, [extractor.preprocessing], [extractor.draft], extractor.max_pixels)
     times = []
@@ -412,8 +412,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.compare_engines:
         weights = None if str(args.weights).lower() == "none" else args.weights
-        from featurize.backbones import load_backbone
         from featurize.exceptions import WeightsNotFoundError
+        from featurize.networks.backbones import load_backbone
 
         try:
             load_backbone(args.backbone, weights)
@@ -425,11 +425,11 @@ def main(argv=None) -> int:
         if args.json_out:
             args.json_out.write_text(line + "\n")
         return 0
-    from featurize import keys
-    from featurize.backbones import load_backbone
-    from featurize.data import Decoder, decode_in_threads, default_decode_threads
     from featurize.exceptions import WeightsNotFoundError
     from featurize.extraction import Extractor
+    from featurize.images.data import Decoder, decode_in_threads, default_decode_threads
+    from featurize.networks.backbones import load_backbone
+    from featurize.storage import keys
 
     data = args.data.resolve()
     files = sorted(p for p in data.rglob("*") if p.is_file())

@@ -130,7 +130,7 @@ def extract_configs(extractors, images, *, batch_size: int = 32,
     extractors : list of featurize.extraction.Extractor
         See :func:`build_extractors`.
     images : sequence or folder
-        Anything :func:`featurize.inputs.as_sources` takes.
+        Anything :func:`featurize.images.inputs.as_sources` takes.
     batch_size, num_workers, cache, verbose, progress
         As in :func:`featurize.extraction.extract_many` (``progress="auto"``: a bar on a
         terminal, else a log line every 10 s; the bar names the backbones).

@@ -1,4 +1,4 @@
-"""A fine-tuned network (a checkpoint of :func:`featurize.finetune.finetune`) read as a model:
+"""A fine-tuned network (a checkpoint of :func:`featurize.finetuning.finetune.finetune`) read as a model:
 its penultimate features, then its own last layer as a fixed linear head."""
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ class LinearHead(ClassifierMixin, BaseEstimator):
 
 
 def read_finetuned(path) -> dict:
-    """A checkpoint of :func:`featurize.finetune.finetune` as the parts of a model that
+    """A checkpoint of :func:`featurize.finetuning.finetune.finetune` as the parts of a model that
     predicts like a trained one (``FittedModel(**parts)``): penultimate features of the
     fine-tuned network, then its classifier."""
     import torch
 
-    from featurize.finetune import is_finetuned_checkpoint
+    from featurize.finetuning.finetune import is_finetuned_checkpoint
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -23,9 +23,9 @@ import pandas as pd
 from classify import html_report
 from classify.metrics import compute_scores
 from classify.reports import confusion_frame, format_frame, format_scores, per_class_report
-from featurize.decoding import IMAGE_EXTENSIONS
-from featurize.folder import list_images, load_image_folder
-from featurize.keys import file_content_key
+from featurize.images.decoding import IMAGE_EXTENSIONS
+from featurize.images.folder import list_images, load_image_folder
+from featurize.storage.keys import file_content_key
 
 __all__ = ["Evaluation", "evaluate_folder", "expand_sources", "predict_table", "report_folder",
            "training_images"]

@@ -250,7 +250,7 @@ class FittedModel:
             raise ValueError(f"{fixed} define the features the head was trained on and cannot be "
                              "overridden; train another model instead.")
         if self._featurizer is None:
-            from featurize.estimator import CNNFeaturizer  # imports torch
+            from featurize.extraction.estimator import CNNFeaturizer  # imports torch
 
             parts = [CNNFeaturizer(**{k: part[k] for k in _NUMERIC_PARAMS if k in part}).fit()
                      for part in featurizer_parts(self.featurizer_config)]

@@ -3,12 +3,12 @@
 :func:`export_onnx` writes what ``featurize export-model`` writes: every backbone of the
 model's featurizer truncated at its layers (:class:`featurize.networks.layers.TruncatedNet`,
 the module the ONNX Runtime and OpenVINO engines run), the pooling, the concatenation, the
-scaler and the head, as torch operations exported by the engines' own
-``torch.onnx.export`` settings. The head becomes torch operations built from the fitted
-scikit-learn estimator's coefficients, and is checked against the estimator's
-``predict_proba`` before the file is written. The file runs with ``onnxruntime`` alone (no
-torch, featurize or scikit-learn); its metadata (ONNX ``metadata_props``) holds what the
-caller needs:
+scaler and the head, as torch operations exported by the engines' own export
+(:func:`featurize.networks.engines.export_onnx`). The head becomes torch operations built
+from the fitted scikit-learn estimator's coefficients, and is checked against the
+estimator's ``predict_proba`` before the file is written. The file runs with
+``onnxruntime`` alone (no torch, featurize or scikit-learn); its metadata (ONNX
+``metadata_props``) holds what the caller needs:
 
 ``classes``
     JSON list: the class of each probability column.
@@ -16,12 +16,13 @@ caller needs:
     JSON list, one entry per graph input: ``name``, ``backbones`` and the preprocessing
     (``resize_size``: the shorter side is resized to it; ``crop_size``: then the centre square
     of that side is kept; ``mean``, ``std``: of pixel values scaled to [0, 1];
-    ``interpolation``: the PIL resampling filter). The input is ``float32 (N, 3, crop, crop)``
+    ``interpolation``: the resampling filter of featurize's anti-aliased resize, which the
+    README's snippet reproduces in numpy). The input is ``float32 (N, 3, crop, crop)``
     normalized images. Backbones that share a preprocessing share an input; a concatenation of
     backbones trained at different resolutions (the three EfficientNet-Lite networks: 224,
     240 and 260 px) has one input per resolution, each image prepared once for each, exactly
     as featurize does (no resize inside the graph, which would not be featurize's
-    anti-aliased PIL resize of the original image).
+    anti-aliased resize of the original image).
 ``featurize_version``, ``featurizer_config``, ``head``, ``output``
     Provenance, and the name of the output (``probabilities``, ``float32 (N, n_classes)``).
 
@@ -311,8 +312,8 @@ def export_onnx(model, path: str | os.PathLike) -> ExportedFile:
     import torch
 
     from featurize._version import __version__
+    from featurize.networks.engines import export_onnx as export_graph
     from featurize.networks.layers import TruncatedNet, penultimate_module
-    from featurize.networks.runtimes import _export_onnx
 
     config = model.featurizer_config
     estimator = model.estimator
@@ -346,7 +347,7 @@ def export_onnx(model, path: str | os.PathLike) -> ExportedFile:
     examples = tuple(torch.zeros(1, 3, entry["crop_size"], entry["crop_size"])
                      for entry in inputs)
     try:
-        graph = onnx.load_from_string(_export_onnx(
+        graph = onnx.load_from_string(export_graph(
             whole, examples, input_names=[entry["name"] for entry in inputs],
             output_names=[OUTPUT_NAME]))
     except Exception as exc:  # the exporter raises many types for unsupported networks

@@ -25,7 +25,7 @@ import sklearn
 from classify.finetuned import read_finetuned
 from featurize._version import __version__ as _featurize_version  # torch-free modules
 from featurize.exceptions import ModelVersionError
-from featurize.filekinds import describe_file, is_hdf5
+from featurize.storage.filekinds import describe_file, is_hdf5
 
 logger = logging.getLogger(__name__)
 

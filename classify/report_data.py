@@ -19,8 +19,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from featurize.decoding import load_image
 from featurize.exceptions import ImageDecodeError
+from featurize.images.decoding import load_image
 
 __all__ = ["THUMB_PX", "Figure", "Figures", "PathNames", "Split", "thumbnail"]
 

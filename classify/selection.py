@@ -179,7 +179,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
         closed-form leave-one-out ridge score (:mod:`classify.screening`), and only the
         ``n_finalists`` best are cross-validated, over a coarse C grid that extends itself when
         the best C is at an end (heads without a grid in ``param_grids``), with one k-fold
-        repeat from 1,000 images on and at most 3 folds from 5,000 on; SVMs are
+        repeat from 1,000 images on and 2 folds from 5,000 on; SVMs are
         calibrated only when refitted (except under ``scoring="log_loss"``, which needs their
         calibrated probabilities in every fold). ``"exhaustive"``: every (feature set, head,
         C) on every fold of every repeat (:class:`~classify.search.ExhaustiveSearch`).

@@ -37,7 +37,7 @@ from classify.selection import (
     feature_set_name,
     select_model,
 )
-from featurize.folder import load_image_folder
+from featurize.images.folder import load_image_folder
 
 __all__ = ["DEFAULT_BACKBONES", "Candidates", "candidate_features", "fit_selected",
            "select_on_folder", "train_folder", "train_model"]
@@ -67,7 +67,8 @@ class Candidates:
         Each backbone's candidate layers.
     configs : dict of (str, str) to dict
         The featurizer configuration of each feature set (see
-        :func:`classify.features.featurizer_parts`); ``precision`` as asked.
+        :func:`classify.features.featurizer_parts`); ``precision`` the one that ran (``"auto"``
+        resolved, and ``"fp32"`` where a bf16 engine failed and fell back).
     """
 
     sets: dict
@@ -95,7 +96,7 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
     """Extract every candidate feature set of a folder's images, in one pass.
 
     The candidates are, for each backbone, its layers (``layers``, or
-    :func:`featurize.layers.default_layers`) at each pooling, and, when that makes more than
+    :func:`featurize.networks.layers.default_layers`) at each pooling, and, when that makes more than
     one layer, the concatenation of every backbone's last two candidate layers (the last stage
     and the penultimate layer, by default) at the first pooling. A layer whose output is a
     vector gives one candidate, whatever the pooling.
@@ -108,7 +109,7 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
     weights : str, path or None, default="DEFAULT"
         Weights of a single backbone (a checkpoint path is made absolute).
     layers : sequence of str, default=None
-        Candidate layers of every backbone; None: :func:`featurize.layers.default_layers`.
+        Candidate layers of every backbone; None: :func:`featurize.networks.layers.default_layers`.
     poolings : sequence of str, default=("avg",)
     precision : str, default="auto"
     **runtime
@@ -118,7 +119,7 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
     -------
     Candidates
     """
-    from featurize.layers import default_layers, list_layers  # imports torch
+    from featurize.networks.layers import default_layers, list_layers  # imports torch
 
     data = _as_folder(data)
     backbones = list(dict.fromkeys(backbones))
@@ -132,6 +133,9 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
                                     "pooling": pooling, "precision": precision}
                                    for b, pooling in runs], device)
     results = extract_configs(extractors, data.paths, **runtime)
+    # the precision that ran (auto resolved; fp32 where a bf16 engine failed and fell back),
+    # so that a model predicts with the features it was trained on
+    ran = {backbone: extractor.precision for (backbone, _), extractor in zip(runs, extractors)}
     blocks, failures = {}, {}
     for (backbone, pooling), result in zip(runs, results):
         failures.update(result.failures)
@@ -150,7 +154,7 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
         return f"{backbone}:{layer}" if len(backbones) > 1 else layer
 
     def config(members, pooling):
-        parts = [{"backbone": b, "weights": weights, "pooling": pooling, "precision": precision,
+        parts = [{"backbone": b, "weights": weights, "pooling": pooling, "precision": ran[b],
                   "layer": [layer for bb, layer in members if bb == b]}
                  for b in dict.fromkeys(b for b, _ in members)]
         for part in parts:
@@ -246,7 +250,7 @@ def train_folder(data_dir, *, backbones: Sequence[str] = DEFAULT_BACKBONES,
         Weights of a single backbone: a name, a checkpoint (stored as an absolute path, so the
         model works from any folder), or None.
     layers : sequence of str, default=None
-        Candidate layers; None: :func:`featurize.layers.default_layers` of each backbone.
+        Candidate layers; None: :func:`featurize.networks.layers.default_layers` of each backbone.
     poolings : sequence of str, default=("avg",)
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Saved resolved (``"fp32"`` on a CPU without native bf16): the model computes the same
@@ -280,19 +284,14 @@ def train_folder(data_dir, *, backbones: Sequence[str] = DEFAULT_BACKBONES,
         data_dir, backbones=backbones, weights=weights, layers=layers, poolings=poolings,
         precision=precision, nested=nested, cache=cache, device=device, batch_size=batch_size,
         num_workers=num_workers, verbose=verbose, progress=progress, **selection)
-    model = _fit(result, candidates, data, data_dir, precision, device)
+    model = _fit(result, candidates, data, data_dir)
     return (model, result) if return_selection else model
 
 
-def _fit(result: SelectionResult, candidates: Candidates, data, data_dir, precision,
-         device) -> FittedModel:
-    from featurize.extraction import resolve_device, resolve_precision  # imports torch
-
-    # saved resolved: a model trained with fp32 features predicts with fp32 features anywhere
-    resolved = resolve_precision(precision, resolve_device(device))
+def _fit(result: SelectionResult, candidates: Candidates, data, data_dir) -> FittedModel:
+    # the configuration records the precision that ran: a model trained with fp32 features
+    # predicts with fp32 features anywhere
     config = candidates.configs[result.best_feature_set]
-    config = ({"parts": [{**part, "precision": resolved} for part in config["parts"]]}
-              if "parts" in config else {**config, "precision": resolved})
     model = fit_selected(result, candidates.sets, candidates.y, featurizer_config=config)
     root = os.fspath(data_dir)
 

@@ -145,7 +145,7 @@ def input_folder(text: str) -> str:
 def input_source(text: str) -> str:
     """argparse ``type`` of an image source: an existing file or folder, a glob pattern, or a
     named image file (which, if missing, gets a row saying so)."""
-    from featurize.decoding import IMAGE_EXTENSIONS
+    from featurize.images.decoding import IMAGE_EXTENSIONS
 
     if (os.path.exists(text) or any(char in text for char in "*?[")
             or os.path.splitext(text)[1].lower() in IMAGE_EXTENSIONS):

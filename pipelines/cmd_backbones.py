@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from featurize.backbones import available_backbones
+    from featurize.networks.backbones import available_backbones
 
     usable, missing, timm_note = available_backbones()
     print("Usable now (weights on this machine):")

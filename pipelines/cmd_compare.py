@@ -88,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
     from classify.metrics import paired_comparison
     from classify.splits import plan_folds
     from classify.training import train_folder
-    from featurize.finetune import finetune
+    from featurize.finetuning.finetune import finetune
 
     os.makedirs(args.out_dir, exist_ok=True)
     model_path = os.path.join(args.out_dir, "features.joblib")
     ckpt = os.path.join(args.out_dir, "finetuned.pt")
     runtime = runtime_options(args) | {
         "cache": args.cache or os.path.join(args.out_dir, "features.h5")}
-    with log_to_stderr(["featurize.progress", "featurize.finetune"]):
+    with log_to_stderr(["featurize.progress", "featurize.finetuning.finetune"]):
         start = time.perf_counter()
         model = train_folder(args.data_dir, **runtime)
         model.save(model_path)

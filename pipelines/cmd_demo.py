@@ -3,7 +3,7 @@
 It does what ``featurize train`` does on the sample's training split and ``featurize evaluate``
 on its test split (the same library calls, :func:`classify.train_folder` and
 :meth:`classify.FittedModel.evaluate`, with the same defaults), so a fresh installation shows
-what featurize does without any data of one's own (:func:`featurize.datasets.sample_images`).
+what featurize does without any data of one's own (:func:`featurize.images.datasets.sample_images`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then evaluate; returns 0, or 3 when some files were left out."""
     from classify.training import train_folder
-    from featurize.datasets import sample_images
+    from featurize.images.datasets import sample_images
 
     sample = sample_images()
     print(f"Sample images: {sample.train} (train) and {sample.test} (test); "

@@ -18,7 +18,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from featurize.downloads import download_weights
+    from featurize.networks.downloads import download_weights
 
     print(download_weights(args.backbone, args.weights))
     return 0

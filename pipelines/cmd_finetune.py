@@ -1,6 +1,6 @@
 """``featurize finetune DATA_DIR --out model.pt``: fine-tune a backbone.
 
-Parse, call :func:`featurize.finetune.finetune` (with the class rule of ``featurize train``),
+Parse, call :func:`featurize.finetuning.finetune.finetune` (with the class rule of ``featurize train``),
 print.
 """
 
@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="folder with one sub-folder per class")
     parser.add_argument("--out", required=True, metavar="CHECKPOINT", type=output_file,
                         help="checkpoint to write (required)")
-    # None: the library's default (featurize.finetune.finetune), stated in the help
+    # None: the library's default (featurize.finetuning.finetune.finetune), stated in the help
     parser.add_argument("--backbone", default=None, metavar="NAME",
                         help="backbone to fine-tune (default efficientnet_lite2)")
     parser.add_argument("--weights", default="DEFAULT", type=parse_weights, metavar="W",
@@ -67,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
     from functools import partial
 
     from classify.splits import plan_folds
-    from featurize.finetune import finetune
+    from featurize.finetuning.finetune import finetune
     from featurize.progress import log_to_stderr
 
     options = {name: getattr(args, name) for name in ("backbone", "unfreeze", "epochs", "lr")
                if getattr(args, name) is not None}
-    with log_to_stderr(["featurize.progress", "featurize.finetune"]):
+    with log_to_stderr(["featurize.progress", "featurize.finetuning.finetune"]):
         result = finetune(args.data_dir, args.out, weights=args.weights, keep=args.keep,
                           batch_size=args.batch_size, seed=args.seed, device=args.device,
                           precision=args.precision, num_workers=args.workers,

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from featurize.layers import list_layers
+    from featurize.networks.layers import list_layers
 
     layers = list_layers(args.backbone, image_size=args.image_size)
     if args.depth > 0:

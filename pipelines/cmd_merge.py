@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from featurize.cache_tools import merge_caches
 from featurize.exceptions import CacheError
+from featurize.storage.cache_tools import merge_caches
 from pipelines.arguments import add_format_arg, input_file, output_file
 
 NAME = "merge"

@@ -9,7 +9,7 @@ submits one task per partition. On the workers:
   into the process's own part file ``<parts_dir>/part-<host>-<pid>.h5``, so no two processes
   ever write the same file;
 * when every partition is done, the client merges the part files into the target cache
-  (:func:`featurize.cache_tools.merge_caches`: bit-for-bit copies, duplicate keys skipped) and
+  (:func:`featurize.storage.cache_tools.merge_caches`: bit-for-bit copies, duplicate keys skipped) and
   removes them.
 
 A worker that dies mid-job loses only its unfinished partitions: Dask reschedules them on
@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from featurize.exceptions import FeaturizeError
-from featurize.loop import stream_extract
+from featurize.extraction.loop import stream_extract
 from featurize.progress import Progress
 from pipelines.spec import JobSpec, parse_scheduler  # noqa: F401 (parse_scheduler: API)
 
@@ -96,7 +96,7 @@ def _cache(path: str, dtype: str):
     with _STATE_LOCK:
         cache = _CACHES.get((path, dtype))
         if cache is None:
-            from featurize.cache import FeatureCache
+            from featurize.storage.cache import FeatureCache
 
             cache = FeatureCache(path, dtype=dtype)
             _CACHES[(path, dtype)] = cache
@@ -132,7 +132,7 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
     dtype, batch_size, retry_failed
         As in :class:`pipelines.spec.JobSpec`.
     workers : int or None, default=None
-        Decode threads (None: one per core, see :func:`featurize.data.default_decode_threads`).
+        Decode threads (None: one per core, see :func:`featurize.images.data.default_decode_threads`).
 
     Returns
     -------
@@ -201,9 +201,9 @@ def merge_parts(parts_dir: str, target: str, *, remove: bool = True) -> dict[str
     Returns
     -------
     counts : dict or None
-        What :func:`featurize.cache_tools.merge_caches` returned; None when there was no part file.
+        What :func:`featurize.storage.cache_tools.merge_caches` returned; None when there was no part file.
     """
-    from featurize.cache_tools import merge_caches
+    from featurize.storage.cache_tools import merge_caches
 
     parts = sorted(glob.glob(os.path.join(glob.escape(parts_dir), _PART_PATTERN)))
     if not parts:
@@ -240,7 +240,7 @@ def run_dask_job(paths: Sequence[str], spec: JobSpec, target: str, *,
     target : str
         The cache file the part files are merged into.
     progress, on_failure, should_stop
-        As in :func:`featurize.loop.stream_extract`; progress advances per partition.
+        As in :func:`featurize.extraction.loop.stream_extract`; progress advances per partition.
 
     Returns
     -------

@@ -6,7 +6,7 @@ an incremental mode (as in img2dataset) that is always on:
 * **reader** (:mod:`pipelines.sources`): folders, files, glob patterns and list files become one
   deterministic list of absolute paths; :func:`pipelines.spec.select_shard` keeps a stable 1/N
   of it (a hash of each path, so a file's shard does not change when the folder grows);
-* **mapper + writer**: :func:`featurize.loop.stream_extract`, the library's one extraction
+* **mapper + writer**: :func:`featurize.extraction.loop.stream_extract`, the library's one extraction
   loop with a sink that holds no features: it hashes the files chunk by chunk, asks the cache
   which ones are done, computes only the missing ones (decoded in a thread pool), and writes
   every batch to the cache (atomically) as soon as it is computed, with each unreadable file
@@ -255,9 +255,9 @@ def run_job(spec: JobSpec, *, progress: Progress | str = "auto",
 
 def _run_local(paths, spec: JobSpec, target: str, progress: Progress,
                on_failure, should_stop) -> dict[str, Any]:
-    from featurize.cache import FeatureCache
     from featurize.extraction import Extractor
-    from featurize.loop import stream_extract
+    from featurize.extraction.loop import stream_extract
+    from featurize.storage.cache import FeatureCache
 
     extractor = Extractor(**spec.extractor_options())
     engine = extractor.prepare_engine()

@@ -78,7 +78,7 @@ def resolve_inputs(sources: Iterable[str] = (), lists: Iterable[str] = (),
     sources : iterable of str
         Folders (listed recursively, sorted, image extensions only, hidden files skipped), files
         (kept whatever their extension) and glob patterns (``**`` crosses folders); see
-        :func:`featurize.folder.list_images`.
+        :func:`featurize.images.folder.list_images`.
     lists : iterable of str
         List files (see :func:`read_list_file`).
     column : str or None, default=None
@@ -95,7 +95,7 @@ def resolve_inputs(sources: Iterable[str] = (), lists: Iterable[str] = (),
     JobConfigError
         A source does not exist, or a glob pattern matches nothing.
     """
-    from featurize.folder import list_images
+    from featurize.images.folder import list_images
 
     out: dict[str, None] = {}
     for source in sources:

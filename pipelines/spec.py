@@ -45,7 +45,7 @@ class JobSpec:
         a random initialisation.
     engine : str, default="auto"
         How the forward pass runs, one of :data:`featurize.options.ENGINES` (see
-        :mod:`featurize.runtimes`); ``"auto"`` is decided once
+        :mod:`featurize.networks.runtimes`); ``"auto"`` is decided once
         for the whole job (see :meth:`extractor_options`).
     batch_size : int, default=32
         Images per forward pass.

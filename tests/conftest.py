@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("FEATURIZE_DATA", ROOT.parent / "shared" / "data" / "hymenoptera_data"))
+from tests.support import DATA
 
 
 def pytest_configure(config):
@@ -39,22 +38,3 @@ def rgb_arrays() -> list[np.ndarray]:
     rng = np.random.default_rng(0)
     return [rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
             for h, w in [(64, 80), (100, 50), (32, 32), (240, 320), (77, 91)]]
-
-
-def cache_contents(path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """``(keys, features, failures)`` of a one-configuration cache file, rows sorted by key.
-
-    ``failures`` maps a content key to its recorded reason. A cache with no configuration
-    gives empty arrays.
-    """
-    from featurize.cache import FeatureCache
-
-    cache = FeatureCache(path)
-    configs = cache.configurations() if os.path.exists(path) else []
-    if not configs:
-        return np.empty(0, dtype="S32").astype(str), np.empty((0, 0), np.float32), {}
-    (conf,) = configs
-    keys, _, feats = cache.export(conf["id"])
-    order = np.argsort(keys)
-    failures = {k: reason for k, (_, reason) in cache.failures(conf["config"]).items()}
-    return keys[order], feats[order], failures

@@ -32,7 +32,7 @@ engine runs the same :class:`featurize.networks.layers.TruncatedNet`:
     channels_last there.
 
 In fp32 every engine computes the same function as eager fp32 up to floating-point rounding
-(cosine >= 0.999 is checked by ``tests/test_engine.py``), so the engine is not part of the
+(cosine >= 0.999 is checked by ``tests/featurize/test_engine.py``), so the engine is not part of the
 cache key: like a CPU and a GPU run of the same model, engines differ only by float rounding.
 In reduced precision engines round differently (OpenVINO bf16 is not torch's bf16
 autocast): :func:`engine_numerics` names such an engine, and the cache key holds the name.

@@ -1,0 +1,45 @@
+"""What tests share: the repository's root, the real data, and small helpers.
+
+``tests/support/corpus.py`` generates the bad and unusual image files every decode-facing
+layer is tested on; ``tests/support/cache_writer.py`` is a process that writes deterministic
+batches to a cache (for the crash-safety and concurrency tests). No test module imports
+another test module: what two of them need lives here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: the repository's root
+ROOT = Path(__file__).resolve().parents[2]
+#: the ants/bees data set (train/ and val/, a folder per class)
+DATA = Path(os.environ.get("FEATURIZE_DATA", ROOT.parent / "shared" / "data" / "hymenoptera_data"))
+
+
+def subprocess_env() -> dict[str, str]:
+    """This process's environment, with the repository on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def cache_contents(path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(keys, features, failures)`` of a one-configuration cache file, rows sorted by key.
+
+    ``failures`` maps a content key to its recorded reason. A cache with no configuration
+    gives empty arrays.
+    """
+    from featurize.storage.cache import FeatureCache
+
+    cache = FeatureCache(path)
+    configs = cache.configurations() if os.path.exists(path) else []
+    if not configs:
+        return np.empty(0, dtype="S32").astype(str), np.empty((0, 0), np.float32), {}
+    (conf,) = configs
+    keys, _, feats = cache.export(conf["id"])
+    order = np.argsort(keys)
+    failures = {k: reason for k, (_, reason) in cache.failures(conf["config"]).items()}
+    return keys[order], feats[order], failures
