@@ -23,6 +23,7 @@ import pytest
 
 from featurize.storage.cache import FeatureCache, content_key
 from pipelines import cli
+from tests.support import SLOW_BATCHES
 from tests.support import cache_contents as contents
 from tests.support.corpus import fail_items, make_corpus, ok_items
 
@@ -124,12 +125,14 @@ def test_two_shards_merged_equal_the_unsharded_run(images, reference, tmp_path):
 
 
 def _start_job(images: Path, cache: Path) -> subprocess.Popen:
-    """The job in a new session (its own process group, as a shell runs a command), with one
-    data-loader process decoding the images."""
+    """The job in a new session (its own process group, as a shell runs a command), one decode
+    thread, each batch held for BATCH_SECONDS (so the job cannot end before the signal)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    argv = ["extract", str(images / "a"), "--cache", str(cache), *MODEL, "--batch-size", "1",
+            "--workers", "1"]
+    code = f"{SLOW_BATCHES}; import sys; from pipelines.cli import main; sys.exit(main({argv!r}))"
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines", "extract", str(images / "a"), "--cache", str(cache),
-         *MODEL, "--batch-size", "1", "--workers", "1"],
+        [sys.executable, "-c", code],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
 

@@ -29,6 +29,7 @@ import pytest
 from PIL import Image
 
 from featurize.storage.cache import FeatureCache
+from tests.support import SLOW_BATCHES
 
 ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 36
@@ -38,9 +39,6 @@ BATCH = 3
 RANDOM = ["--backbone", "resnet18", "--weights", "none", "--device", "cpu", "--precision",
           "fp32"]
 SEED = 20240611
-#: Each forward pass waits this long first: longer than the largest random extra delay, so at
-#: least two batches (the job's last two) remain after any kill point.
-BATCH_SECONDS = 0.3
 #: (signal, decode threads, fresh interpreter) of each run; the kill points come from the
 #: seeded RNG.
 ROUNDS = [(signal.SIGINT, 0, True), (signal.SIGKILL, 0, False), (signal.SIGINT, 1, False),
@@ -194,12 +192,6 @@ class _Run:
 
     def output(self) -> tuple[str, str]:
         return self.out.read_text(), self.err.read_text()
-
-
-#: Run in each job's process before the job: every forward pass first waits BATCH_SECONDS.
-SLOW_BATCHES = (
-    "import time, featurize.extraction as _x; _f = _x.Extractor.forward; "
-    f"_x.Extractor.forward = lambda self, b: (time.sleep({BATCH_SECONDS}), _f(self, b))[1]")
 
 
 def _child(argv: list[str], out: Path, err: Path) -> None:

@@ -18,6 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 #: the ants/bees data set (train/ and val/, a folder per class)
 DATA = Path(os.environ.get("FEATURIZE_DATA", ROOT.parent / "shared" / "data" / "hymenoptera_data"))
 
+#: Each forward pass of a job run with :data:`SLOW_BATCHES` waits this long first (a controlled,
+#: slow batch source): an interrupt test's job can never outrun its poller, however fast the
+#: machine, and the largest random extra delay of the interrupt tests is shorter.
+BATCH_SECONDS = 0.3
+#: Python run in a job's process before the job: every forward pass first waits BATCH_SECONDS.
+SLOW_BATCHES = (
+    "import time, featurize.extraction.extractor as _x; _f = _x.Extractor.forward; "
+    f"_x.Extractor.forward = lambda self, b: (time.sleep({BATCH_SECONDS}), _f(self, b))[1]")
+
 
 def subprocess_env() -> dict[str, str]:
     """This process's environment, with the repository on ``PYTHONPATH``."""
