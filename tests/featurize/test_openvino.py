@@ -64,6 +64,19 @@ def fresh_engines(monkeypatch):
     monkeypatch.setattr(engine_table, "TABLE", engine_table.EngineTable())
 
 
+@pytest.fixture
+def openvino_fails(monkeypatch):
+    """Call it to make every OpenVINO engine build fail (as on a network it cannot compile)."""
+    real = extractor.build_engine
+
+    def build_engine(name, *args, **kwargs):
+        if name == "openvino":
+            raise BackboneError("simulated: OpenVINO cannot compile this network")
+        return real(name, *args, **kwargs)
+
+    return lambda: monkeypatch.setattr(extractor, "build_engine", build_engine)
+
+
 def _build(eager, precision):
     return build_engine("openvino", eager.model, eager.layers,
                         penultimate_module(eager.model, eager.layer_infos), eager.preprocessing,
@@ -169,16 +182,9 @@ def test_openvino_bf16_keys_name_the_layers_read_together():
 
 
 @needs_bf16
-def test_auto_bf16_falls_back_to_fp32_before_any_key_when_openvino_fails(monkeypatch, caplog,
+def test_auto_bf16_falls_back_to_fp32_before_any_key_when_openvino_fails(openvino_fails, caplog,
                                                                           fresh_engines):
-    real = extractor.build_engine
-
-    def openvino_fails(name, *args, **kwargs):
-        if name == "openvino":
-            raise BackboneError("simulated: OpenVINO cannot compile this network")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(extractor, "build_engine", openvino_fails)
+    openvino_fails()
     ex = Extractor(device="cpu")
     assert (ex.precision, ex.engine_name) == ("bf16", "openvino")  # planned
     with caplog.at_level("INFO", logger="featurize.extraction"):
@@ -293,20 +299,15 @@ def test_a_forked_child_gets_an_error_or_another_engine_never_a_hang(eager, imag
 
 
 @needs_bf16
-def test_a_model_records_the_precision_that_ran(monkeypatch, fresh_engines, tmp_path):
+def test_a_model_records_the_precision_that_ran(openvino_fails, monkeypatch, fresh_engines,
+                                                tmp_path):
     """OpenVINO fails, auto falls back to fp32: the model says fp32, so predicting reads the
     rows training wrote instead of computing bf16 features the head never saw."""
     from classify.training import train_folder
     from featurize.images.datasets import sample_images
 
     real = extractor.build_engine
-
-    def openvino_fails(name, *args, **kwargs):
-        if name == "openvino":
-            raise BackboneError("simulated: OpenVINO cannot compile this network")
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(extractor, "build_engine", openvino_fails)
+    openvino_fails()
     train = sample_images()["train"]
     cache = tmp_path / "c.h5"
     model = train_folder(train, backbones=["efficientnet_lite0"], layers=["penultimate"],
