@@ -21,7 +21,7 @@ from pipelines.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 #: a small random-weight network, fast on 2 cores (the real embedded backbones are exercised by
-#: the README test below and by test_classify_cli.py)
+#: the README test below and by tests/cli/test_train_evaluate_predict.py)
 def _tiny(weights: str = "none") -> list[str]:
     return ["--backbone", "mobilenet_v3_small", "--weights", weights, "--layers", "penultimate",
             "--precision", "fp32", "--device", "cpu", "--num-workers", "0", "--folds", "2",
