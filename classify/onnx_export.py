@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from classify.features import build_extractors, featurizer_parts
+from featurize.storage.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -369,12 +370,7 @@ def export_onnx(model, path: str | os.PathLike) -> ExportedFile:
                         f"({', '.join(e['name'] for e in inputs)}) -> {OUTPUT_NAME} of "
                         f"{len(classes)} classes; see the metadata")
     target = os.fspath(path)
-    tmp = f"{target}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(target) as tmp:
         onnx.save(graph, tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ExportedFile(path=target, nbytes=os.path.getsize(target), inputs=inputs,
                         classes=classes, head_max_diff=difference)

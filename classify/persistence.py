@@ -25,6 +25,7 @@ import sklearn
 from classify.finetuned import read_finetuned
 from featurize._version import __version__ as _featurize_version  # torch-free modules
 from featurize.exceptions import ModelVersionError
+from featurize.storage.atomic import atomic_path
 from featurize.storage.filekinds import describe_file, is_hdf5
 
 logger = logging.getLogger(__name__)
@@ -71,13 +72,8 @@ def write_model_state(path: str | os.PathLike, state: dict, *, compress: int = 3
         "sklearn_version": sklearn.__version__,
         "state": {key: state[key] for key in STATE_KEYS},
     }
-    tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         joblib.dump(payload, tmp, compress=compress)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_model_state(path: str | os.PathLike) -> dict:

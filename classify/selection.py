@@ -104,10 +104,16 @@ def check_selection_params(*, heads=None, scoring: str = "balanced_accuracy",
     return scoring, heads
 
 
-def _problem(feature_sets, y, heads, **options) -> Problem:
+def _problem(feature_sets, y, *, heads, scoring, rule, search, n_finalists, probability,
+             n_splits, **options) -> Problem:
+    """The checked parameters and the encoded data of a selection (or a nested one)."""
+    scoring, heads = check_selection_params(
+        heads=heads, scoring=scoring, rule=rule, search=search, n_finalists=n_finalists,
+        probability=probability, y=y, n_splits=n_splits)
     classes, codes = encode_labels(y)
     keys, arrays = prepare_feature_sets(feature_sets, len(codes))
     return Problem(keys=keys, arrays=arrays, classes=classes, codes=codes, heads=heads,
+                   scoring=scoring, rule=rule, probability=probability, n_splits=n_splits,
                    **options)
 
 
@@ -133,8 +139,9 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
         Class labels (strings or integers).
     heads : sequence of str or mapping of str to estimator, default=None
         None: ``("logreg",)`` for the fast search, ``DEFAULT_HEADS = ("logreg", "linear_svm",
-        "rbf_svm")`` for the exhaustive one. Registered head names (see :func:`~classify.heads.list_heads`), or a mapping of name to
-        an unfitted estimator (or ``None`` for a registered head).
+        "rbf_svm")`` for the exhaustive one. Registered head names (see
+        :func:`~classify.heads.list_heads`), or a mapping of name to an unfitted estimator (or
+        ``None`` for a registered head).
     param_grids : mapping of str to dict, default=None
         Grid per head name, e.g. ``{"logreg": {"C": np.logspace(-4, 2, 13)}}``. Registered heads
         default to :func:`~classify.heads.default_param_grid` (keys are :func:`make_head`
@@ -210,13 +217,12 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
     >>> result.best_head
     'logreg'
     """
-    scoring, heads = check_selection_params(
-        heads=heads, scoring=scoring, rule=rule, search=search, n_finalists=n_finalists,
-        probability=probability, y=y, n_splits=n_splits)
-    problem = _problem(feature_sets, y, heads, param_grids=param_grids,
-                       probability=probability, scoring=scoring, rule=rule, n_splits=n_splits,
-                       n_repeats=n_repeats, random_state=random_state, n_jobs=n_jobs,
-                       verbose=verbose, progress=progress)
+    problem = _problem(feature_sets, y, heads=heads, scoring=scoring, rule=rule,
+                       search=search, n_finalists=n_finalists, probability=probability,
+                       n_splits=n_splits, param_grids=param_grids, n_repeats=n_repeats,
+                       random_state=random_state, n_jobs=n_jobs, verbose=verbose,
+                       progress=progress)
+    scoring = problem.scoring
     outcome = make_search(search, n_finalists=n_finalists).fit(problem)
     split_ids = list(range(len(outcome.splits)))
     result = SelectionResult(
@@ -272,13 +278,10 @@ def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping | N
     NestedCVResult
         ``fold_scores`` holds the outer scores and the choice made in each outer fold.
     """
-    scoring, heads = check_selection_params(
-        heads=heads, scoring=scoring, rule=rule, search=search, n_finalists=n_finalists,
-        probability=probability, y=y, n_splits=n_splits)
-    problem = _problem(feature_sets, y, heads, param_grids=param_grids,
-                       probability=probability, scoring=scoring, rule=rule, n_splits=n_splits,
-                       n_repeats=n_repeats, random_state=random_state, n_jobs=n_jobs,
-                       verbose=verbose)
+    problem = _problem(feature_sets, y, heads=heads, scoring=scoring, rule=rule,
+                       search=search, n_finalists=n_finalists, probability=probability,
+                       n_splits=n_splits, param_grids=param_grids, n_repeats=n_repeats,
+                       random_state=random_state, n_jobs=n_jobs, verbose=verbose)
     classes, codes = problem.classes, problem.codes
     outer_cv = AdaptiveStratifiedKFold(outer_splits, n_repeats=outer_repeats,
                                        random_state=random_state)

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 
+from featurize.storage.atomic import atomic_path
 from pipelines.arguments import input_file, output_file
 
 NAME = "export"
@@ -98,14 +99,9 @@ def run(args: argparse.Namespace) -> int:
     written = [args.out]
     if fmt == "npy":
         rows = rows_file(args.out)
-        tmp = f"{args.out}.tmp-{os.getpid()}.npy"
-        try:
+        with atomic_path(args.out, suffix=".npy") as tmp:
             np.save(tmp, features)
             _table(keys, paths, features[:, :0]).to_csv(rows, index=False)
-            os.replace(tmp, args.out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         written.append(rows)
     elif fmt == "csv":
         _table(keys, paths, features).to_csv(args.out, index=False, float_format="%.9g")

@@ -11,9 +11,9 @@ its *original* classifier, so that it loads as a featurize backbone), ``head_wei
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from featurize.storage.atomic import atomic_path
 
 __all__ = ["FORMAT", "failure_list", "is_finetuned_checkpoint", "record_history",
            "save_checkpoint", "write_atomic"]
@@ -43,13 +43,8 @@ def record_history(out, history, failed: list) -> None:
 
 def write_atomic(payload: dict, out) -> None:
     """``torch.save`` beside ``out``, then rename: a kill never leaves a partial checkpoint."""
-    tmp = f"{os.fspath(out)}.tmp-{os.getpid()}"
-    try:
+    with atomic_path(out) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_checkpoint(out, model, classifier, original_head, meta, classes, val_paths, failed_files,

@@ -33,6 +33,7 @@ from featurize.networks.runtimes import (
 )
 from featurize.storage.cache import FeatureCache
 from featurize.storage.keys import config_id
+from tests.support import in_forked_child
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -242,8 +243,8 @@ _WITHOUT_OPENVINO = textwrap.dedent("""
 
 
 def test_without_openvino_extraction_falls_back_and_says_which_engine_ran():
-    proc = subprocess.run([sys.executable, "-c", _WITHOUT_OPENVINO], capture_output=True,
-                          text=True, timeout=600, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_OPENVINO], check=False,
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -262,37 +263,22 @@ def test_without_openvino_extraction_falls_back_and_says_which_engine_ran():
 def test_a_forked_child_gets_an_error_or_another_engine_never_a_hang(eager, images):
     """OpenVINO hangs in a child forked after it ran (a user's multiprocessing pool under the
     'fork' start method): there the parent's engine raises, and "auto" picks fp32 engines."""
-    import signal
-
     engine = _build(eager, "fp32")
     engine(images[:2])  # OpenVINO's threads run in this process
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: a hang is killed by the alarm, and the parent sees no result
-        code = 1
+
+    def in_the_child():  # a hang is killed by the alarm, and the parent sees no result
+        out = {"available": available_engines(CPU)}
         try:
-            signal.alarm(120)
-            os.close(read_end)
-            out = {"available": available_engines(CPU)}
-            try:
-                engine(images[:2])
-                out["parent_engine"] = "ran"
-            except BackboneError as exc:
-                out["parent_engine"] = str(exc)
-            # (a model is not built here: torch's OpenMP threads did not follow either)
-            out["precision"] = resolve_precision("auto", CPU)
-            out["candidates"] = auto_candidates(CPU, "fp32")
-            with os.fdopen(write_end, "w") as pipe:
-                json.dump(out, pipe)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        text = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and text, "the child hung or died"
-    out = json.loads(text)
+            engine(images[:2])
+            out["parent_engine"] = "ran"
+        except BackboneError as exc:
+            out["parent_engine"] = str(exc)
+        # (a model is not built here: torch's OpenMP threads did not follow either)
+        out["precision"] = resolve_precision("auto", CPU)
+        out["candidates"] = auto_candidates(CPU, "fp32")
+        return out
+
+    out = in_forked_child(in_the_child, alarm=120)
     assert "openvino" not in out["available"]
     assert "cannot run in process" in out["parent_engine"]
     assert out["precision"] == "fp32" and "openvino" not in out["candidates"]

@@ -57,7 +57,7 @@ def small_filesystem(where: Path, size: str):
         pytest.skip("mounting a tmpfs needs root")
     where.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                             capture_output=True, text=True)
+                             check=False, capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -108,7 +108,7 @@ def test_file_size_limit_error_is_clear_and_the_cache_keeps_what_was_written(tmp
     path = tmp_path / "feats.h5"
     proc = subprocess.run(
         [sys.executable, "-c", _SIZE_LIMITED_WRITER, str(path), str(400 * 1024), str(ROOT)],
-        capture_output=True, text=True, timeout=120)
+        check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["written"] >= 3 and result["type"] == "CacheError", result

@@ -36,6 +36,7 @@ from featurize.exceptions import (
 )
 from featurize.extraction import Extractor
 from featurize.storage.cache import FeatureCache, config_id, content_key
+from tests.support import in_forked_child
 from tests.support.corpus import FAIL_KINDS, OK_KINDS, make_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,27 +369,6 @@ def _memory_probe(extractor, sources: dict[str, str]) -> dict:
     return out
 
 
-def _in_child(function, *args) -> dict:
-    """Run ``function(*args)`` in a forked child process; return its JSON-able result."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        code = 1
-        try:
-            os.close(read_end)
-            with os.fdopen(write_end, "w") as pipe:
-                json.dump(function(*args), pipe)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        text = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and text, f"the probe died: {text!r}"
-    return json.loads(text)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, RLIMIT_AS, fork")
 def test_bombs_and_extreme_sizes_are_handled_without_allocating_them(corpus, resnet, tmp_path):
     """With the address space capped at +1 GiB after warm-up:
@@ -407,7 +387,7 @@ def test_bombs_and_extreme_sizes_are_handled_without_allocating_them(corpus, res
     # (the bf16 engine) cannot run OpenVINO (see featurize.networks.runtimes)
     resnet = Extractor("resnet18", None, device="cpu", precision="fp32")
     resnet.extract([corpus["jpeg"].source], num_workers=0)  # warm: allocator pools, kernels
-    out = _in_child(_memory_probe, resnet, {"bomb": corpus["decompression_bomb"].source,
+    out = in_forked_child(_memory_probe, resnet, {"bomb": corpus["decompression_bomb"].source,
                                             "strip": str(strip)})
     bomb, wide = out["bomb"], out["strip"]
     assert "error" not in bomb, bomb

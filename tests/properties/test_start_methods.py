@@ -52,7 +52,7 @@ def run_script(code: str, cwd: Path, timeout: int = 300) -> subprocess.Completed
     """Run ``code`` as a plain script file (as a user would: no ``__main__`` guard)."""
     script = cwd / "user_script.py"
     script.write_text(textwrap.dedent(code))
-    return subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, str(script)], cwd=cwd, check=False, capture_output=True,
                           text=True, timeout=timeout,
                           env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
 

@@ -8,7 +8,9 @@ another test module: what two of them need lives here.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +54,30 @@ def cache_contents(path) -> tuple[np.ndarray, np.ndarray, dict]:
     order = np.argsort(keys)
     failures = {k: reason for k, (_, reason) in cache.failures(conf["config"]).items()}
     return keys[order], feats[order], failures
+
+
+def in_forked_child(function, *args, alarm: int = 0):
+    """Run ``function(*args)`` in a forked child process and return its JSON-able result.
+
+    ``alarm``: seconds after which the child is killed (a hang then fails the assertion here
+    instead of hanging the test run); 0 for none.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            if alarm:
+                signal.alarm(alarm)
+            os.close(read_end)
+            with os.fdopen(write_end, "w") as pipe:
+                json.dump(function(*args), pipe)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        text = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and text, f"the child hung or died: {text!r}"
+    return json.loads(text)
