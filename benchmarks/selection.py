@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/selection.py accuracy        # clothing and ants/bees: fast vs exhaustive
     python benchmarks/selection.py accuracy --strategies fast   # skip the (slow) exhaustive one
     python benchmarks/selection.py scale           # 5,000 and 20,000 x 100 classes, 3 backbones
+    python benchmarks/selection.py rules           # the choice rules on resplits of 5 data sets
 
 ``timing`` extracts the default candidate layers of the embedded backbone from the clothing
 training images (no cache: the real extraction cost on this machine), then runs the default
@@ -26,6 +27,14 @@ images at ``--extraction-rate`` images/s (the three backbones on this 2-core mac
 ``finalists_cv / extraction`` (target <= 1), and the peak resident memory of the process tree
 (the selection's process and its joblib workers, sampled every 0.1 s) beside the size of the
 candidate matrices.
+
+``rules`` compares the choice rules (``select_model(rule=...)``) where they differ: on random
+stratified resplits of training data only (the images of a data set's training split, or a
+scikit-learn data set), it selects on ``n`` rows as ``featurize train`` does (fast search,
+probabilities; the 16 default candidate sets of the three backbones for the image sets) and
+scores the refitted choice on the other rows. It prints, per data set and size, the mean
+held-out balanced accuracy and log loss of each rule, how many resplits each rule won against
+``best``, and the chosen C values, then one JSON line. The test splits are not read.
 """
 
 from __future__ import annotations
@@ -298,6 +307,73 @@ def run_accuracy(args) -> None:
         print("| " + " | ".join(row) + " |")
 
 
+#: (data set, training rows per resplit) of ``rules``; the rest of the rows are held out.
+RULE_SIZES = {"clothing": (100, 300, 1000), "ants_bees": (60, 120), "digits": (150, 600),
+              "breast_cancer": (100,), "wine": (60,)}
+
+
+def rule_data(name: str, cache_dir: Path) -> tuple[dict, np.ndarray]:
+    """Candidate feature sets and labels of a ``rules`` data set (training images only)."""
+    import sklearn.datasets
+
+    if name in DATASETS:
+        from classify.training import DEFAULT_BACKBONES, candidate_features
+        from featurize import load_image_folder
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        candidates = candidate_features(load_image_folder(SHARED / DATASETS[name][0]),
+                                        backbones=DEFAULT_BACKBONES,
+                                        cache=cache_dir / f"{name}.h5", progress="auto")
+        return candidates.sets, candidates.y
+    X, y = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
+    return {"x": X.astype(np.float32)}, y
+
+
+def run_rules(args) -> None:
+    from sklearn.metrics import balanced_accuracy_score, log_loss
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    from classify import fit_selected, select_model
+
+    results = []
+    for name in args.datasets:
+        sets, y = rule_data(name, Path(args.cache_dir))
+        for n in RULE_SIZES[name]:
+            split = StratifiedShuffleSplit(args.resplits, train_size=n, random_state=0)
+            scores = {rule: [] for rule in args.rules}
+            for train, held in split.split(y, y):
+                for rule in args.rules:
+                    part = {k: X[train] for k, X in sets.items()}
+                    selection = select_model(part, y[train], probability=True, rule=rule)
+                    model = fit_selected(selection, part, y[train])
+                    X_held = sets[selection.best_feature_set][held]
+                    proba = model.predict_proba_features(X_held)
+                    scores[rule].append((
+                        balanced_accuracy_score(y[held], model.classes_[proba.argmax(1)]),
+                        log_loss(y[held], proba, labels=model.classes_),
+                        selection.best_params.get("C")))
+            row = {"data": name, "n": n, "held_out": len(y) - n, "resplits": args.resplits}
+            for rule, values in scores.items():
+                acc, loss, cs = zip(*values)
+                row[rule] = {"balanced_accuracy": round(float(np.mean(acc)), 4),
+                             "log_loss": round(float(np.mean(loss)), 4),
+                             "C": [float(c) if c is not None else None for c in cs]}
+                if rule != "best" and "best" in scores:
+                    diff = np.subtract(acc, [v[0] for v in scores["best"]])
+                    row[rule]["vs_best"] = [int((diff > 0).sum()), int((diff < 0).sum())]
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| data | n | " + " | ".join(f"{r} bal. acc. / log loss" for r in args.rules)
+          + " |")
+    print("|---|---|" + "---|" * len(args.rules))
+    for row in results:
+        cells = [f"{row[r]['balanced_accuracy']:.4f} / {row[r]['log_loss']:.3f}"
+                 + (f" ({row[r]['vs_best'][0]}+ {row[r]['vs_best'][1]}-)"
+                    if "vs_best" in row[r] else "") for r in args.rules]
+        print(f"| {row['data']} | {row['n']} | " + " | ".join(cells) + " |")
+    print(json.dumps({"rules": results}))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -321,9 +397,14 @@ def main(argv=None) -> int:
     accuracy.add_argument("--strategies", nargs="+", default=["fast", "exhaustive"],
                           choices=["fast", "exhaustive"])
     accuracy.add_argument("--cache-dir", default="benchmark-cache")
+    rules = sub.add_parser("rules")
+    rules.add_argument("--datasets", nargs="+", default=list(RULE_SIZES), choices=RULE_SIZES)
+    rules.add_argument("--rules", nargs="+", default=["best", "one_se_log_loss", "one_se"])
+    rules.add_argument("--resplits", type=int, default=5)
+    rules.add_argument("--cache-dir", default="benchmark-cache")
     args = parser.parse_args(argv)
     {"timing": run_timing, "accuracy": run_accuracy, "scale": run_scale,
-     "scale-one": run_scale_one}[args.what](args)
+     "scale-one": run_scale_one, "rules": run_rules}[args.what](args)
     return 0
 
 

@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.candidates import feature_set_name, head_items
 from classify.heads import make_head
+from classify.rules import DEFAULT_RULE
 from classify.search import default_heads
 from classify.selection import select_model
 from classify.validation import ConfigError
@@ -85,7 +86,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
         Repeats of the inner cross-validation.
     random_state : int, default=0
         Seed of the splits.
-    rule : {"best", "one_se"}, default="best"
+    rule : {"best", "one_se", "one_se_log_loss"}, default="best"
         Choice rule (see :func:`~classify.selection.select_model`).
     n_jobs : int, default=None
         ``joblib.Parallel`` workers for the cross-validation.
@@ -112,7 +113,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
 
     def __init__(self, *, feature_sets=None, heads=None, param_grids=None,
                  probability=False, scoring="balanced_accuracy", n_splits=5, n_repeats=3,
-                 random_state=0, rule="best", n_jobs=None, search="fast"):
+                 random_state=0, rule=DEFAULT_RULE, n_jobs=None, search="fast"):
         self.feature_sets = feature_sets
         self.heads = heads
         self.param_grids = param_grids

@@ -12,7 +12,7 @@ from classify.candidates import Candidate, c_of, feature_set_name, params_text
 from classify.cv import CVResult
 from classify.metrics import SCORE_NAMES
 from classify.reports import format_frame, format_scores, optimism_note
-from classify.rules import check_scoring, criterion, decide, summaries
+from classify.rules import DEFAULT_RULE, check_scoring, criterion, decide, summaries
 
 __all__ = ["NestedCVResult", "SelectionResult", "build_table"]
 
@@ -41,7 +41,7 @@ class SelectionResult:
         Class labels.
     scoring : str
         The score that decided.
-    rule : {"one_se", "best"}
+    rule : {"best", "one_se", "one_se_log_loss"}
         The choice rule (see :func:`select_model`).
     notes : tuple of str
         What was adapted or worth knowing (fewer folds, C at a grid edge, failed candidates).
@@ -52,6 +52,11 @@ class SelectionResult:
     screening : pandas.DataFrame or None
         Fast search only: the ridge leave-one-out score of every feature set (``feature_set``,
         ``loo_score``, ``alpha``, ``seconds``, ``tuned``); only the tuned ones are in ``table``.
+    split_scores : ndarray of shape (n_candidates, n_splits, 4)
+        Every score (``accuracy``, ``balanced_accuracy``, ``f1_macro``, ``log_loss``, in that
+        order) of every candidate on every split (folds of every repeat), in table order; NaN
+        where a candidate failed or has no probabilities. The rules compare candidates split by
+        split on them.
     """
 
     table: pd.DataFrame
@@ -61,11 +66,12 @@ class SelectionResult:
     best_cv: CVResult
     classes: np.ndarray
     scoring: str
-    rule: str = "best"
+    rule: str = DEFAULT_RULE
     notes: tuple = field(default_factory=tuple)
     nested: NestedCVResult | None = None
     search: str = "exhaustive"
     screening: pd.DataFrame | None = None
+    split_scores: np.ndarray | None = None
 
     @property
     def best(self) -> Candidate:
@@ -130,11 +136,10 @@ class SelectionResult:
         table = self.table
         rows = []
         means = table[[f"{s}_mean" for s in SCORE_NAMES]].to_numpy()
-        stds = table[[f"{s}_std" for s in SCORE_NAMES]].to_numpy()
         for (fs, head), group in table.groupby(["feature_set", "head"], sort=False):
             index = group.index.to_numpy()
             if np.isfinite(criterion(means[index], self.scoring)).any():
-                best = index[decide(means[index], stds[index],
+                best = index[decide(self.split_scores[index],
                                      [self.candidates[i] for i in index], self.scoring,
                                      self.rule, self.best_cv.n_splits)[0]]
             else:

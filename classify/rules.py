@@ -1,13 +1,27 @@
 """Choice rules: which cross-validated candidate a selection picks.
 
-First the candidate with the highest mean score over all folds and repeats; ties (equal means,
-common with accuracy on small data) are broken by the mean of the candidate and its neighbours
-on the C grid (the centre of a plateau is preferred to its edge), then by the order of the
-candidates: feature sets as given, heads as given, C ascending. That is ``rule="best"``
-(default). With ``rule="one_se"`` the C of that (feature set, head) is then moved to the
-smallest C whose mean score is within one standard error of the best (the one-standard-error
-rule); measured on clothing and ants/bees it chose too small a C (lower test scores,
-probabilities near uniform), see benchmarks/README.md.
+Every rule starts from the candidate with the highest mean score over all folds and repeats;
+ties (equal means, common with accuracy on small data) are broken by the mean of the candidate
+and its neighbours on the C grid (the centre of a plateau is preferred to its edge), then by
+the order of the candidates: feature sets as given, heads as given, C ascending. That is
+``rule="best"`` (default). The two other rules keep that candidate's feature set and head and
+may move its C to another C that is statistically tied with it:
+
+* ``rule="one_se_log_loss"``: to the C of the lowest mean log loss among the C values whose
+  score is tied with the best's split by split: the mean of their paired differences on the
+  same splits is within one standard error of that difference. Accuracy counts images and is
+  often flat over a decade or two of C, where the fold draw decides which C of the plateau
+  scores highest; the log loss of the same fits decides instead. Candidates without
+  probabilities (SVMs compared uncalibrated) keep the best C. On held-out resplits it gives
+  clearly better probabilities (log loss) at about the same balanced accuracy, but on small
+  image sets it chose a stronger regularization than accuracy wants (``benchmarks/selection.py
+  rules``, benchmarks/README.md), so it is not the default.
+* ``rule="one_se"``: to the smallest C whose mean score is within one standard error of the
+  best mean (the one-standard-error rule, Breiman et al. 1984); measured on clothing and
+  ants/bees it chose too small a C (lower test scores, probabilities near uniform).
+
+Standard errors divide by the square root of the folds of one repeat: repeats reuse the same
+images, so they do not shrink it (conservative).
 """
 
 from __future__ import annotations
@@ -22,10 +36,12 @@ from classify.validation import check_option
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RULES", "check_rule", "check_scoring", "choose", "criterion", "decide",
-           "edge_notes", "ranks", "summaries"]
+__all__ = ["DEFAULT_RULE", "RULES", "check_rule", "check_scoring", "choose", "criterion", "decide",
+           "edge_notes", "ranks", "split_scores", "summaries"]
 
-RULES = ("one_se", "best")
+RULES = ("best", "one_se", "one_se_log_loss")
+#: The rule of :func:`classify.select_model`, ``featurize train`` and :class:`AutoClassifier`.
+DEFAULT_RULE = "best"
 
 
 def check_scoring(scoring: str, owner: str = "select_model") -> str:
@@ -44,6 +60,11 @@ def summaries(evaluation, split_ids):
     """Means and stds over splits; a candidate that failed on any split gets NaN."""
     scores = evaluation.scores[:, split_ids]
     return scores.mean(axis=1), scores.std(axis=1)
+
+
+def split_scores(evaluation, split_ids) -> np.ndarray:
+    """Every score of every candidate on the given splits: (candidates, splits, scores)."""
+    return evaluation.scores[:, split_ids]
 
 
 def criterion(means: np.ndarray, scoring: str) -> np.ndarray:
@@ -65,39 +86,43 @@ def _c_groups(candidates) -> dict:
     return groups
 
 
-def choose(crit: np.ndarray, candidates, se: np.ndarray | None = None) -> int:
-    """Index of the chosen candidate (see the module docstring for the rules).
-
-    ``se`` (standard errors of ``crit``) selects the one-standard-error rule; None the best.
-    """
+def choose(crit: np.ndarray, candidates) -> int:
+    """Index of the candidate of the highest criterion (ties: see the module docstring)."""
     if not np.isfinite(crit).any():
         raise ValueError("Every candidate failed (or has no value for the chosen score).")
-    groups = _c_groups(candidates)
     smoothed = crit.copy()
-    for members in groups.values():
+    for members in _c_groups(candidates).values():
         for j, i in enumerate(members):
             window = crit[members[max(0, j - 1):j + 2]]
             smoothed[i] = window[np.isfinite(window)].mean() if np.isfinite(crit[i]) else -np.inf
     tied = np.flatnonzero(crit >= crit.max() - 1e-9)
-    best = int(tied[np.argmax(smoothed[tied])])
-    if se is None or not np.isfinite(se[best]):
-        return best
-    for members in groups.values():
-        if best in members:
-            threshold = crit[best] - se[best]
-            return next(i for i in members if crit[i] >= threshold)
-    return best
+    return int(tied[np.argmax(smoothed[tied])])
 
 
-def decide(means, stds, candidates, scoring: str, rule: str, n_splits: int):
-    """Return (chosen index, criterion per candidate) under ``rule``."""
+def decide(scores: np.ndarray, candidates, scoring: str, rule: str, n_splits: int):
+    """Return (chosen index, criterion per candidate) under ``rule``.
+
+    ``scores`` holds every score of every candidate on every split, shape (candidates,
+    splits, len(SCORE_NAMES)) (:func:`split_scores`); ``n_splits`` is the folds of one repeat.
+    """
+    means = scores.mean(axis=1)
     crit = criterion(means, scoring)
-    se = None
+    best = choose(crit, candidates)
+    if rule == "best":
+        return best, crit
+    members = next((m for m in _c_groups(candidates).values() if best in m), [best])
+    column = SCORE_NAMES.index(scoring)
     if rule == "one_se":
-        # Standard error of a mean over k folds; repeats are not independent of each other, so
-        # they do not shrink it (conservative).
-        se = stds[:, SCORE_NAMES.index(scoring)] / np.sqrt(n_splits)
-    return choose(crit, candidates, se), crit
+        se = scores[best, :, column].std() / np.sqrt(n_splits)
+        return next(i for i in members if crit[i] >= crit[best] - se), crit
+    loss = means[:, SCORE_NAMES.index("log_loss")]
+    if not np.isfinite(loss[best]):
+        return best, crit
+    sign = 1.0 if GREATER_IS_BETTER[scoring] else -1.0
+    lead = sign * (scores[best, :, column] - scores[members][:, :, column])  # > 0: best ahead
+    tied = lead.mean(axis=1) <= lead.std(axis=1) / np.sqrt(n_splits) + 1e-12
+    within = [i for i, t in zip(members, tied) if t and np.isfinite(loss[i])]
+    return min(within, key=lambda i: loss[i]), crit  # equal losses: the smallest C
 
 
 def ranks(crit: np.ndarray, best: int) -> np.ndarray:

@@ -18,7 +18,7 @@ candidates to evaluate, on how many folds, and what is refitted.
      default) over a coarse C grid by stratified k-fold (one repeat from 1,000 images on, where
      the fold noise is small; from 5,000 images on 2 folds, see :func:`fast_splits`),
      through the same fold evaluation as the exhaustive search (logistic regressions along
-     each fold's C path with warm starts, in the features' float32). When the best C lies at
+     each fold's C path with warm starts, in the features' float32). When the chosen C lies at
      the end of the grid, the grid is extended one step that way and only the new values are
      evaluated (until it stops moving or a limit).
   3. SVM heads are compared without their probability calibration; the chosen head is
@@ -49,7 +49,7 @@ from classify.candidates import (
 from classify.cv import encode_labels, make_splits
 from classify.heads import HEADS, make_head
 from classify.metrics import SCORE_NAMES
-from classify.rules import choose, criterion, decide, edge_notes, summaries
+from classify.rules import criterion, decide, edge_notes, split_scores, summaries
 from classify.screening import finalists, screen_feature_sets, screen_note
 from classify.splits import FoldPlan
 from classify.validation import check_option
@@ -128,8 +128,8 @@ class _Evaluator:
     """The ``evaluate_candidates`` a strategy calls: cross-validates candidates on the splits
     (with a progress bar) and keeps all of them and their results, in order."""
 
-    def __init__(self, problem: Problem, splits):
-        self.problem, self.splits = problem, splits
+    def __init__(self, problem: Problem, splits, plan: FoldPlan):
+        self.problem, self.splits, self.plan = problem, splits, plan
         self.candidates: list = []
         self.evaluation = None
 
@@ -176,15 +176,14 @@ class BaseSearch:
         # split on the class names (the same splits as on their codes), so that notes name them
         splits, plan = make_splits(problem.classes[problem.codes], n_splits, n_repeats,
                                    problem.random_state)
-        evaluate = _Evaluator(problem, splits)
+        evaluate = _Evaluator(problem, splits, plan)
         notes, screening = self._run_search(problem, evaluate)
         candidates, evaluation = evaluate.candidates, evaluate.evaluation
         if len(evaluation.errors) == len(candidates):
             raise ValueError(f"Every candidate failed to fit; the first error: "
                              f"{evaluation.errors[0]}")
-        means, stds = summaries(evaluation, list(range(len(splits))))
-        best, crit = decide(means, stds, candidates, problem.scoring, problem.rule,
-                            plan.n_splits)
+        best, crit = decide(split_scores(evaluation, list(range(len(splits)))), candidates,
+                            problem.scoring, problem.rule, plan.n_splits)
         candidates[best] = self._deployed(candidates[best], problem)
         notes = list(plan.notes) + notes + edge_notes(candidates, best)
         if evaluation.errors:
@@ -235,9 +234,10 @@ class ExhaustiveSearch(BaseSearch):
         owner = np.asarray(owner)
         chosen = []
         for o in range(len(outer)):
-            means, stds = summaries(evaluation, np.flatnonzero(owner == o))
-            best, _ = decide(means, stds, candidates, p.scoring, p.rule, inner_k[o])
-            chosen.append((candidates[best], float(means[best, SCORE_NAMES.index(p.scoring)])))
+            scores = split_scores(evaluation, np.flatnonzero(owner == o))
+            best, _ = decide(scores, candidates, p.scoring, p.rule, inner_k[o])
+            chosen.append((candidates[best],
+                           float(scores[best, :, SCORE_NAMES.index(p.scoring)].mean())))
         return chosen
 
 
@@ -294,15 +294,15 @@ class FastSearch(BaseSearch):
         return problem.probability and problem.scoring == "log_loss"
 
     def _extend_edges(self, problem, evaluate, given) -> None:
-        """While the best C is at an end of its default grid, try one decade further (heads in
-        ``given`` have a grid chosen by the caller: searched as given)."""
+        """While the C that the rule chooses is at an end of its default grid, try one decade
+        further (heads in ``given`` have a grid chosen by the caller: searched as given)."""
         for _ in range(MAX_EXTENSIONS):
             candidates = evaluate.candidates
-            means, _ = summaries(evaluate.evaluation, list(range(len(evaluate.splits))))
-            crit = criterion(means, problem.scoring)
-            if not np.isfinite(crit).any():
+            scores = split_scores(evaluate.evaluation, list(range(len(evaluate.splits))))
+            if not np.isfinite(criterion(scores.mean(axis=1), problem.scoring)).any():
                 return
-            cand = candidates[choose(crit, candidates)]
+            cand = candidates[decide(scores, candidates, problem.scoring, problem.rule,
+                                     evaluate.plan.n_splits)[0]]
             c = c_of(cand.params)
             if c is None or cand.head not in HEADS or cand.head in given:
                 return
@@ -311,7 +311,8 @@ class FastSearch(BaseSearch):
             if new_c is None:
                 return
             params = {**cand.params, "C": new_c}
-            logger.info("fast search: best C=%g at the end of the grid; trying C=%g", c, new_c)
+            logger.info("fast search: chosen C=%g at the end of the grid; trying C=%g", c,
+                        new_c)
             evaluate([Candidate(f, make_head(cand.head, probability=self._cv_probability(
                 problem), **params), cand.head, params)
                 for f in sorted({k.feature_set for k in candidates if k.head == cand.head})],
@@ -379,4 +380,5 @@ def extension(c_values: list[float], best_c: float) -> float | None:
     grid = sorted(c_values)
     if len(grid) < 2 or best_c not in (grid[0], grid[-1]):
         return None
-    return best_c * 10.0 if best_c == grid[-1] else best_c / 10.0
+    step = best_c * 10.0 if best_c == grid[-1] else best_c / 10.0
+    return float(f"{step:.12g}")  # 1e-07, not the 1.0000000000000002e-07 of 1e-4 / 10 / 10 / 10

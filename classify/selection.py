@@ -35,7 +35,7 @@ from classify.cv import build_cv_result, encode_labels
 from classify.heads import HEADS
 from classify.metrics import SCORE_NAMES
 from classify.results import NestedCVResult, SelectionResult, build_table
-from classify.rules import RULES, check_rule, check_scoring, ranks
+from classify.rules import DEFAULT_RULE, RULES, check_rule, check_scoring, ranks, split_scores
 from classify.search import DEFAULT_HEADS, Problem, default_heads, make_search
 from classify.splits import AdaptiveStratifiedKFold, plan_folds
 from classify.validation import ConfigError, check_int
@@ -62,7 +62,7 @@ def _has_proba(name: str, estimator, probability: bool) -> bool:
 
 
 def check_selection_params(*, heads=None, scoring: str = "balanced_accuracy",
-                           rule: str = "best", search: str = "fast", n_finalists: int = 2,
+                           rule: str = DEFAULT_RULE, search: str = "fast", n_finalists: int = 2,
                            probability: bool = False, y=None, n_splits: int = 5):
     """Validate the parameters of :func:`select_model` before any work; returns
     ``(scoring, heads)`` with the defaults resolved.
@@ -120,7 +120,7 @@ def _problem(feature_sets, y, *, heads, scoring, rule, search, n_finalists, prob
 def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = None,
                  param_grids: Mapping | None = None, probability: bool = False,
                  scoring: str = "balanced_accuracy", n_splits: int = 5, n_repeats: int = 3,
-                 random_state: int = 0, rule: str = "best", nested: bool = False,
+                 random_state: int = 0, rule: str = DEFAULT_RULE, nested: bool = False,
                  outer_splits: int = 5, n_jobs: int | None = None,
                  verbose: int = 0, search: str = "fast", n_finalists: int = 2,
                  progress: str = "none") -> SelectionResult:
@@ -163,13 +163,17 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
         Repeats of the k-fold with different shuffles (more repeats, less noisy choice).
     random_state : int, default=0
         Seed of the splits.
-    rule : {"best", "one_se"}, default="best"
-        ``"best"``: the candidate with the highest mean score (ties broken as the module
-        docstring says). ``"one_se"``: the one-standard-error rule (Breiman et al. 1984;
-        Hastie et al., *Elements of Statistical Learning*, 7.10): take the best (feature set,
-        head), then its smallest C whose mean score is within one standard error (fold standard
-        deviation / sqrt(n_splits)) of the best: the most regularized of statistically tied
-        values. On the benchmark data it under-fitted (benchmarks/README.md, "accuracy.py").
+    rule : {"best", "one_se", "one_se_log_loss"}, default="best"
+        ``"best"``: the candidate with the highest mean score (ties broken as
+        :mod:`classify.rules` says). The two others keep the best candidate's feature set and
+        head and move its C among the values statistically tied with the best:
+        ``"one_se_log_loss"`` to the C of the lowest mean log loss among those whose fold by
+        fold difference from the best is within one standard error (better probabilities at
+        about the same accuracy; heads without probabilities keep the best C);
+        ``"one_se"`` to the smallest C whose mean is within one standard error (fold standard
+        deviation / sqrt(n_splits)) of the best, the one-standard-error rule (Breiman et al.
+        1984; Hastie et al., *Elements of Statistical Learning*, 7.10), which under-fitted on
+        the benchmark data. Measurements: benchmarks/README.md ("selection.py rules").
     nested : bool, default=False
         Also run :func:`nested_cross_validate` (``outer_splits`` folds) and store it in
         ``result.nested``: an unbiased estimate of the whole procedure, at ``outer_splits``
@@ -234,6 +238,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
                                 outcome.n_repeats, random_state),
         classes=problem.classes, scoring=scoring, rule=rule, notes=tuple(outcome.notes),
         search=search, screening=outcome.screening,
+        split_scores=split_scores(outcome.evaluation, split_ids),
     )
     logger.info("selected %s / %s %s: %s = %.4f", feature_set_name(result.best_feature_set),
                 result.best_head, params_text(result.best_params), scoring, result.best_score)
@@ -249,7 +254,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
 def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping | None = None,
                           param_grids: Mapping | None = None, probability: bool = False,
                           scoring: str = "balanced_accuracy", n_splits: int = 5,
-                          n_repeats: int = 3, random_state: int = 0, rule: str = "best",
+                          n_repeats: int = 3, random_state: int = 0, rule: str = DEFAULT_RULE,
                           outer_splits: int = 5, outer_repeats: int = 1,
                           n_jobs: int | None = None, verbose: int = 0, search: str = "fast",
                           n_finalists: int = 2) -> NestedCVResult:

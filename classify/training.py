@@ -31,6 +31,7 @@ from classify.features import (
 )
 from classify.model import FittedModel
 from classify.persistence import version_provenance
+from classify.rules import DEFAULT_RULE
 from classify.selection import (
     SelectionResult,
     check_selection_params,
@@ -180,7 +181,7 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
 
 #: select_model options that train_folder and select_on_folder take, with their defaults
 #: (those of the command line: probabilities for every head, the fast search).
-_SELECTION_DEFAULTS = {"heads": None, "scoring": "balanced_accuracy", "rule": "best",
+_SELECTION_DEFAULTS = {"heads": None, "scoring": "balanced_accuracy", "rule": DEFAULT_RULE,
                        "search": "fast", "n_finalists": 2, "n_splits": 5, "n_repeats": 3,
                        "random_state": 0, "n_jobs": None, "probability": True}
 
@@ -363,6 +364,7 @@ def fit_selected(selection: SelectionResult, feature_sets, y, *,
         "head": selection.best_head,
         "params": selection.best_params,
         "scoring": selection.scoring,
+        "rule": selection.rule,
         "cv": {"n_splits": cv.n_splits, "n_repeats": cv.n_repeats,
                "random_state": cv.random_state, "notes": list(selection.notes)},
         "n_candidates": selection.n_compared,

@@ -8,7 +8,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.datasets import load_digits, make_classification
+from sklearn.datasets import load_digits, load_wine, make_classification
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -86,6 +86,43 @@ def test_rules(digits_sets):
     smaller = best.table[(best.table["feature_set"] == row["feature_set"])
                          & (best.table["C"] < one_se.best_params["C"])]
     assert (smaller["balanced_accuracy_mean"] < row["balanced_accuracy_mean"] - se).all()
+
+
+def test_one_se_log_loss_takes_the_lowest_log_loss_among_the_c_tied_with_the_best():
+    X, y = load_wine(return_X_y=True)
+    sets = {"wine": X, "noise": np.random.default_rng(0).normal(size=X.shape)}
+    kwargs = dict(heads=["logreg"], param_grids={"logreg": {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0]}},
+                  n_splits=3, n_repeats=2)
+    best = select_model(sets, y, **kwargs)
+    assert best.rule == "best"  # the default
+    chosen = select_model(sets, y, rule="one_se_log_loss", **kwargs)
+    assert (chosen.best_feature_set, chosen.best_head) == (best.best_feature_set,
+                                                           best.best_head)
+    table, row = best.table, best.table.loc[best.best_index]
+    same = table[(table["feature_set"] == row["feature_set"]) & (table["head"] == row["head"])]
+    # tied: the best's lead, split by split (3 folds x 2 repeats), within one standard error
+    score = SCORE_NAMES.index("balanced_accuracy")
+    lead = (best.split_scores[best.best_index, :, score]
+            - best.split_scores[same.index.to_numpy(), :, score])
+    assert lead.shape == (len(same), 6)
+    tied = same[lead.mean(axis=1) <= lead.std(axis=1) / np.sqrt(3) + 1e-12]
+    assert len(tied) > 1  # a real tie, or this test would not tell the rules apart
+    assert chosen.best_params["C"] == tied.loc[tied["log_loss_mean"].idxmin(), "C"]
+    assert chosen.best_params["C"] != best.best_params["C"]
+    assert chosen.table.loc[chosen.best_index, "rank"] == 1
+    # the split scores are those the table summarizes
+    assert np.allclose(chosen.split_scores.mean(axis=1)[:, score],
+                       chosen.table["balanced_accuracy_mean"])
+
+
+def test_without_probabilities_one_se_log_loss_keeps_the_best_c(digits_sets):
+    # SVMs compared uncalibrated have no log loss to break the tie with
+    sets, y = digits_sets
+    kwargs = dict(heads=["linear_svm"], n_splits=3, n_repeats=2)
+    best = select_model(sets, y, rule="best", **kwargs)
+    chosen = select_model(sets, y, rule="one_se_log_loss", **kwargs)
+    assert chosen.table["log_loss_mean"].isna().all()
+    assert chosen.best_params == best.best_params
 
 
 def test_regularization_is_tuned_per_data_set():

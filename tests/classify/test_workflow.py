@@ -86,6 +86,18 @@ def test_train_then_report_work_from_three_working_folders_on_a_nested_tree(
         assert sum(c == "bees" for c in labels.values()) == 7
 
 
+def test_the_command_line_takes_the_choice_rule_and_the_model_records_it(tmp_path, jpegs):
+    ants, bees = jpegs
+    _copy(ants[:4], tmp_path / "train" / "ants")
+    _copy(bees[:4], tmp_path / "train" / "bees")
+    out = tmp_path / "m.joblib"
+    assert main(["train", str(tmp_path / "train"), "--out", str(out), *_tiny(),
+                 "--rule", "one_se_log_loss"]) == 0
+    assert load_model(out).provenance["rule"] == "one_se_log_loss"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["train", str(tmp_path / "train"), "--out", str(out), "--rule", "smallest"])
+
+
 def test_a_relative_checkpoint_is_stored_absolute_so_the_model_predicts_from_any_folder(
         tmp_path, jpegs, monkeypatch, capsys):
     import torch
@@ -199,6 +211,7 @@ def test_evaluate_folder_gives_scores_per_class_confusion_failures_and_misclassi
 def test_a_trained_model_records_its_training_images_relative_to_the_folder(small_model):
     root, model = small_model
     assert model.provenance["data_dir"] == str(root / "train")
+    assert model.provenance["rule"] == "best"  # the default choice rule
     assert sorted(model.reports["train_paths"])[0] == "ants/" + sorted(
         os.listdir(root / "train" / "ants"))[0]
     assert model.reports["train_labels"] == ["ants"] * 5 + ["bees"] * 5
