@@ -222,7 +222,6 @@ def run_set(name: str, tmp: Path, skip_cli: bool) -> list[dict]:
     if not skip_cli:
         for config, extra in (
                 ("featurize train (defaults)", []),
-                ("featurize train --rule best", ["--rule", "best"]),
                 ("featurize train --rule one_se", ["--rule", "one_se"]),
                 ("featurize train --backbone lite0 --rule one_se (0.1 defaults)",
                  ["--backbone", L0, "--rule", "one_se"])):

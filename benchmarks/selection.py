@@ -375,6 +375,8 @@ def run_rules(args) -> None:
 
 
 def main(argv=None) -> int:
+    from classify.rules import RULES
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -399,7 +401,7 @@ def main(argv=None) -> int:
     accuracy.add_argument("--cache-dir", default="benchmark-cache")
     rules = sub.add_parser("rules")
     rules.add_argument("--datasets", nargs="+", default=list(RULE_SIZES), choices=RULE_SIZES)
-    rules.add_argument("--rules", nargs="+", default=["best", "one_se_log_loss", "one_se"])
+    rules.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
     rules.add_argument("--resplits", type=int, default=5)
     rules.add_argument("--cache-dir", default="benchmark-cache")
     args = parser.parse_args(argv)

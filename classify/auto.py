@@ -20,6 +20,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.candidates import feature_set_name, head_items
 from classify.heads import make_head
+from classify.metrics import DEFAULT_SCORING
 from classify.rules import DEFAULT_RULE
 from classify.search import default_heads
 from classify.selection import select_model
@@ -112,7 +113,7 @@ class AutoClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, *, feature_sets=None, heads=None, param_grids=None,
-                 probability=False, scoring="balanced_accuracy", n_splits=5, n_repeats=3,
+                 probability=False, scoring=DEFAULT_SCORING, n_splits=5, n_repeats=3,
                  random_state=0, rule=DEFAULT_RULE, n_jobs=None, search="fast"):
         self.feature_sets = feature_sets
         self.heads = heads

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GREATER_IS_BETTER", "SCORE_NAMES", "compute_scores", "paired_comparison"]
+__all__ = ["DEFAULT_SCORING", "GREATER_IS_BETTER", "SCORE_NAMES", "compute_scores",
+           "paired_comparison"]
 
 #: Scores reported everywhere, in this order. ``log_loss`` is NaN for heads without
 #: probabilities.
 SCORE_NAMES = ("accuracy", "balanced_accuracy", "f1_macro", "log_loss")
+#: The score that decides a selection unless the caller names another.
+DEFAULT_SCORING = "balanced_accuracy"
 
 #: Whether a larger value of each score is better.
 GREATER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "f1_macro": True,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from classify.candidates import feature_set_name
 from classify.features import absolute_weights, featurizer_parts
-from classify.metrics import SCORE_NAMES
+from classify.metrics import DEFAULT_SCORING, SCORE_NAMES
 from classify.screening import screen_feature_sets
 from classify.training import DEFAULT_BACKBONES, candidate_features
 
@@ -134,7 +134,7 @@ def _layers_of(part: dict) -> list:
 
 def rank_folder(data_dir, *, backbones: Sequence[str] = DEFAULT_BACKBONES, weights="DEFAULT",
                 layers: Sequence[str] | None = None, poolings: Sequence[str] = ("avg",),
-                precision: str = "auto", scoring: str = "balanced_accuracy", cache=None,
+                precision: str = "auto", scoring: str = DEFAULT_SCORING, cache=None,
                 device="auto", batch_size: int = 32, num_workers: int | None = None,
                 verbose: int = 0, progress: str | None = None) -> Ranking:
     """Rank ``featurize train``'s candidate feature sets of a folder before any training.

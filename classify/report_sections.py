@@ -13,7 +13,7 @@ import pandas as pd
 
 from classify import diagnostics
 from classify.features import describe_featurizer
-from classify.metrics import compute_scores
+from classify.metrics import DEFAULT_SCORING, compute_scores
 from classify.report_data import MAP_THUMB_PX
 from classify.reports import confusion_frame, optimism_note, per_class_report, plural
 
@@ -50,7 +50,7 @@ def headline(model, train, test, classes) -> dict:
         ``others`` ((name, value) of the other scores), ``notes`` (lines under it).
     """
     p = model.provenance
-    scoring = p.get("scoring") or "balanced_accuracy"
+    scoring = p.get("scoring") or DEFAULT_SCORING
     cv, std = p.get("cv_scores") or {}, p.get("cv_std") or {}
     nested = p.get("nested_scores") or {}
     n_train = int(p.get("n_samples") or len(train.paths))

@@ -41,6 +41,11 @@ class SelectionResult:
         Class labels.
     scoring : str
         The score that decided.
+    split_scores : ndarray of shape (n_candidates, n_folds * n_repeats, len(SCORE_NAMES))
+        Every score (:data:`~classify.metrics.SCORE_NAMES`: ``accuracy``,
+        ``balanced_accuracy``, ``f1_macro``, ``log_loss``) of every candidate on every split
+        (the folds of every repeat), in table order; NaN where a candidate failed or has no
+        probabilities. The rules compare candidates split by split on them.
     rule : {"best", "one_se", "one_se_log_loss"}
         The choice rule (see :func:`select_model`).
     notes : tuple of str
@@ -52,11 +57,6 @@ class SelectionResult:
     screening : pandas.DataFrame or None
         Fast search only: the ridge leave-one-out score of every feature set (``feature_set``,
         ``loo_score``, ``alpha``, ``seconds``, ``tuned``); only the tuned ones are in ``table``.
-    split_scores : ndarray of shape (n_candidates, n_splits, 4)
-        Every score (``accuracy``, ``balanced_accuracy``, ``f1_macro``, ``log_loss``, in that
-        order) of every candidate on every split (folds of every repeat), in table order; NaN
-        where a candidate failed or has no probabilities. The rules compare candidates split by
-        split on them.
     """
 
     table: pd.DataFrame
@@ -66,12 +66,12 @@ class SelectionResult:
     best_cv: CVResult
     classes: np.ndarray
     scoring: str
+    split_scores: np.ndarray
     rule: str = DEFAULT_RULE
     notes: tuple = field(default_factory=tuple)
     nested: NestedCVResult | None = None
     search: str = "exhaustive"
     screening: pd.DataFrame | None = None
-    split_scores: np.ndarray | None = None
 
     @property
     def best(self) -> Candidate:

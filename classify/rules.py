@@ -56,15 +56,26 @@ def check_rule(rule: str, owner: str = "select_model") -> str:
     return check_option("rule", rule, RULES, owner=owner)
 
 
+def split_scores(evaluation, split_ids) -> np.ndarray:
+    """Every score of every candidate on some splits.
+
+    Parameters
+    ----------
+    evaluation : classify._evaluation.Evaluation
+    split_ids : sequence of int
+        The splits (the folds of every repeat) to take.
+
+    Returns
+    -------
+    ndarray of shape (n_candidates, len(split_ids), len(SCORE_NAMES))
+    """
+    return evaluation.scores[:, split_ids]
+
+
 def summaries(evaluation, split_ids):
     """Means and stds over splits; a candidate that failed on any split gets NaN."""
-    scores = evaluation.scores[:, split_ids]
+    scores = split_scores(evaluation, split_ids)
     return scores.mean(axis=1), scores.std(axis=1)
-
-
-def split_scores(evaluation, split_ids) -> np.ndarray:
-    """Every score of every candidate on the given splits: (candidates, splits, scores)."""
-    return evaluation.scores[:, split_ids]
 
 
 def criterion(means: np.ndarray, scoring: str) -> np.ndarray:
@@ -100,10 +111,27 @@ def choose(crit: np.ndarray, candidates) -> int:
 
 
 def decide(scores: np.ndarray, candidates, scoring: str, rule: str, n_splits: int):
-    """Return (chosen index, criterion per candidate) under ``rule``.
+    """The candidate that ``rule`` chooses (see the module docstring).
 
-    ``scores`` holds every score of every candidate on every split, shape (candidates,
-    splits, len(SCORE_NAMES)) (:func:`split_scores`); ``n_splits`` is the folds of one repeat.
+    Parameters
+    ----------
+    scores : ndarray of shape (n_candidates, n_folds * n_repeats, len(SCORE_NAMES))
+        Every score of every candidate on every split (:func:`split_scores`); NaN where a
+        candidate failed (it is never chosen) or has no probabilities.
+    candidates : list of Candidate
+    scoring : str
+        The score that decides (a name of :data:`~classify.metrics.SCORE_NAMES`). With
+        ``"log_loss"``, ``"one_se_log_loss"`` chooses as ``"best"`` does.
+    rule : {"best", "one_se", "one_se_log_loss"}
+    n_splits : int
+        The folds of one repeat (standard errors divide by its square root).
+
+    Returns
+    -------
+    chosen : int
+        Index of the chosen candidate.
+    crit : ndarray of shape (n_candidates,)
+        The larger-is-better mean criterion of every candidate (:func:`criterion`).
     """
     means = scores.mean(axis=1)
     crit = criterion(means, scoring)

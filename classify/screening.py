@@ -19,7 +19,7 @@ import scipy.linalg
 from threadpoolctl import threadpool_limits
 
 from classify.candidates import feature_set_name
-from classify.metrics import compute_scores
+from classify.metrics import DEFAULT_SCORING, compute_scores
 
 __all__ = ["RIDGE_ALPHAS", "finalists", "ridge_loo_decisions", "screen_feature_sets",
            "screen_note"]
@@ -34,7 +34,7 @@ def _ridge_scoring(scoring: str) -> str:
         "balanced_accuracy"
 
 
-def screen_feature_sets(arrays, y, scoring: str = "balanced_accuracy", progress=None
+def screen_feature_sets(arrays, y, scoring: str = DEFAULT_SCORING, progress=None
                         ) -> pd.DataFrame:
     """Leave-one-out score of a standardized ridge classifier on each feature set.
 

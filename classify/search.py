@@ -48,7 +48,7 @@ from classify.candidates import (
 )
 from classify.cv import encode_labels, make_splits
 from classify.heads import HEADS, make_head
-from classify.metrics import SCORE_NAMES
+from classify.metrics import DEFAULT_SCORING, SCORE_NAMES
 from classify.rules import criterion, decide, edge_notes, split_scores, summaries
 from classify.screening import finalists, screen_feature_sets, screen_note
 from classify.splits import FoldPlan
@@ -115,7 +115,7 @@ class SearchOutcome:
     crit: np.ndarray
     notes: list = field(default_factory=list)
     screening: pd.DataFrame | None = None
-    scoring: str = "balanced_accuracy"
+    scoring: str = DEFAULT_SCORING
 
     @property
     def best_score(self) -> float:
@@ -375,10 +375,10 @@ def fast_c_grid(head: str) -> list[float] | None:
     return list(FAST_C_GRID[head]) if head in FAST_C_GRID else None
 
 
-def extension(c_values: list[float], best_c: float) -> float | None:
-    """The next C to try when ``best_c`` is at an end of ``c_values`` (one decade further)."""
+def extension(c_values: list[float], chosen_c: float) -> float | None:
+    """The next C to try when ``chosen_c`` is at an end of ``c_values`` (one decade further)."""
     grid = sorted(c_values)
-    if len(grid) < 2 or best_c not in (grid[0], grid[-1]):
+    if len(grid) < 2 or chosen_c not in (grid[0], grid[-1]):
         return None
-    step = best_c * 10.0 if best_c == grid[-1] else best_c / 10.0
+    step = chosen_c * 10.0 if chosen_c == grid[-1] else chosen_c / 10.0
     return float(f"{step:.12g}")  # 1e-07, not the 1.0000000000000002e-07 of 1e-4 / 10 / 10 / 10

@@ -33,7 +33,7 @@ from classify.candidates import (
 )
 from classify.cv import build_cv_result, encode_labels
 from classify.heads import HEADS
-from classify.metrics import SCORE_NAMES
+from classify.metrics import DEFAULT_SCORING, SCORE_NAMES
 from classify.results import NestedCVResult, SelectionResult, build_table
 from classify.rules import DEFAULT_RULE, RULES, check_rule, check_scoring, ranks, split_scores
 from classify.search import DEFAULT_HEADS, Problem, default_heads, make_search
@@ -61,7 +61,7 @@ def _has_proba(name: str, estimator, probability: bool) -> bool:
     return HEADS[name].native_proba or probability
 
 
-def check_selection_params(*, heads=None, scoring: str = "balanced_accuracy",
+def check_selection_params(*, heads=None, scoring: str = DEFAULT_SCORING,
                            rule: str = DEFAULT_RULE, search: str = "fast", n_finalists: int = 2,
                            probability: bool = False, y=None, n_splits: int = 5):
     """Validate the parameters of :func:`select_model` before any work; returns
@@ -119,7 +119,7 @@ def _problem(feature_sets, y, *, heads, scoring, rule, search, n_finalists, prob
 
 def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = None,
                  param_grids: Mapping | None = None, probability: bool = False,
-                 scoring: str = "balanced_accuracy", n_splits: int = 5, n_repeats: int = 3,
+                 scoring: str = DEFAULT_SCORING, n_splits: int = 5, n_repeats: int = 3,
                  random_state: int = 0, rule: str = DEFAULT_RULE, nested: bool = False,
                  outer_splits: int = 5, n_jobs: int | None = None,
                  verbose: int = 0, search: str = "fast", n_finalists: int = 2,
@@ -237,8 +237,8 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
                                 problem.classes, problem.codes, outcome.plan,
                                 outcome.n_repeats, random_state),
         classes=problem.classes, scoring=scoring, rule=rule, notes=tuple(outcome.notes),
-        search=search, screening=outcome.screening,
-        split_scores=split_scores(outcome.evaluation, split_ids),
+        split_scores=split_scores(outcome.evaluation, split_ids), search=search,
+        screening=outcome.screening,
     )
     logger.info("selected %s / %s %s: %s = %.4f", feature_set_name(result.best_feature_set),
                 result.best_head, params_text(result.best_params), scoring, result.best_score)
@@ -253,7 +253,7 @@ def select_model(feature_sets, y, *, heads: Sequence[str] | Mapping | None = Non
 
 def nested_cross_validate(feature_sets, y, *, heads: Sequence[str] | Mapping | None = None,
                           param_grids: Mapping | None = None, probability: bool = False,
-                          scoring: str = "balanced_accuracy", n_splits: int = 5,
+                          scoring: str = DEFAULT_SCORING, n_splits: int = 5,
                           n_repeats: int = 3, random_state: int = 0, rule: str = DEFAULT_RULE,
                           outer_splits: int = 5, outer_repeats: int = 1,
                           n_jobs: int | None = None, verbose: int = 0, search: str = "fast",

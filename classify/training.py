@@ -29,6 +29,7 @@ from classify.features import (
     describe_featurizer,
     extract_configs,
 )
+from classify.metrics import DEFAULT_SCORING
 from classify.model import FittedModel
 from classify.persistence import version_provenance
 from classify.rules import DEFAULT_RULE
@@ -181,7 +182,7 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
 
 #: select_model options that train_folder and select_on_folder take, with their defaults
 #: (those of the command line: probabilities for every head, the fast search).
-_SELECTION_DEFAULTS = {"heads": None, "scoring": "balanced_accuracy", "rule": DEFAULT_RULE,
+_SELECTION_DEFAULTS = {"heads": None, "scoring": DEFAULT_SCORING, "rule": DEFAULT_RULE,
                        "search": "fast", "n_finalists": 2, "n_splits": 5, "n_repeats": 3,
                        "random_state": 0, "n_jobs": None, "probability": True}
 

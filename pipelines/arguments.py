@@ -283,7 +283,7 @@ def add_format_arg(parser: argparse.ArgumentParser, choices: Sequence[str] = ("t
 def add_selection_args(parser: argparse.ArgumentParser, *, search: str = "fast") -> None:
     """Cross-validation and selection options (train and sweep); ``search`` is the default
     search."""
-    from classify.metrics import SCORE_NAMES
+    from classify.metrics import DEFAULT_SCORING, SCORE_NAMES
     from classify.rules import DEFAULT_RULE, RULES
     from classify.search import SEARCHES
 
@@ -297,12 +297,13 @@ def add_selection_args(parser: argparse.ArgumentParser, *, search: str = "fast")
     group.add_argument("--heads", action=Items, default=None, metavar="H1,H2",
                        help="candidate heads (default: logreg for the fast search, "
                             "logreg,linear_svm,rbf_svm for the exhaustive one)")
-    group.add_argument("--scoring", default="balanced_accuracy", choices=SCORE_NAMES,
-                       help="score that decides (default balanced_accuracy)")
+    group.add_argument("--scoring", default=DEFAULT_SCORING, choices=SCORE_NAMES,
+                       help=f"score that decides (default {DEFAULT_SCORING})")
     group.add_argument("--rule", default=DEFAULT_RULE, choices=RULES,
-                       help="best (default): the highest mean score; one_se: the smallest C "
-                            "within one standard error of the best; one_se_log_loss: of the C "
-                            "tied with the best fold by fold, the lowest log loss")
+                       help=f"best: the highest mean score; one_se: the smallest C within "
+                            "one standard error of the best; one_se_log_loss: of the C tied "
+                            f"with the best split by split, the lowest log loss (default "
+                            f"{DEFAULT_RULE})")
     group.add_argument("--folds", type=_positive, default=5, metavar="K",
                        help="cross-validation folds (default 5, fewer for tiny classes)")
     group.add_argument("--repeats", type=_positive, default=3, metavar="R",

@@ -91,8 +91,8 @@ def test_rules(digits_sets):
 def test_one_se_log_loss_takes_the_lowest_log_loss_among_the_c_tied_with_the_best():
     X, y = load_wine(return_X_y=True)
     sets = {"wine": X, "noise": np.random.default_rng(0).normal(size=X.shape)}
-    kwargs = dict(heads=["logreg"], param_grids={"logreg": {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0]}},
-                  n_splits=3, n_repeats=2)
+    kwargs = {"heads": ["logreg"], "param_grids": {"logreg": {"C": [1e-3, 1e-2, 1e-1, 1.0, 10.0]}},
+              "n_splits": 3, "n_repeats": 2}
     best = select_model(sets, y, **kwargs)
     assert best.rule == "best"  # the default
     chosen = select_model(sets, y, rule="one_se_log_loss", **kwargs)
@@ -110,15 +110,47 @@ def test_one_se_log_loss_takes_the_lowest_log_loss_among_the_c_tied_with_the_bes
     assert chosen.best_params["C"] == tied.loc[tied["log_loss_mean"].idxmin(), "C"]
     assert chosen.best_params["C"] != best.best_params["C"]
     assert chosen.table.loc[chosen.best_index, "rank"] == 1
-    # the split scores are those the table summarizes
+    # the split scores are those the table summarizes, and the summary shows the chosen C
     assert np.allclose(chosen.split_scores.mean(axis=1)[:, score],
                        chosen.table["balanced_accuracy_mean"])
+    summary = chosen.summary_table()
+    assert chosen.best_index in set(summary["row"])
+
+
+def test_one_se_log_loss_never_takes_a_candidate_that_failed_on_a_split():
+    from classify.rules import decide
+
+    X, y = load_wine(return_X_y=True)
+    result = select_model({"wine": X}, y, heads=["logreg"], n_splits=3, n_repeats=2,
+                          param_grids={"logreg": {"C": [1e-2, 1e-1, 1.0, 10.0]}},
+                          rule="one_se_log_loss")
+    chosen = result.best_index
+    scores = result.split_scores.copy()
+    scores[chosen, 0] = np.nan  # the chosen candidate fails on one split
+    again, _ = decide(scores, result.candidates, "balanced_accuracy", "one_se_log_loss", 3)
+    assert again != chosen
+    assert np.isfinite(scores[again]).all()
+
+
+def test_the_grid_extends_where_the_rule_chooses_in_clean_decades(monkeypatch):
+    from classify import search
+
+    X, y = load_wine(return_X_y=True)
+    monkeypatch.setitem(search.FAST_C_GRID, "logreg", [0.01, 0.1, 1.0])
+    kwargs = {"n_splits": 3, "n_repeats": 2}
+    best = select_model({"wine": X}, y, rule="best", **kwargs)
+    assert sorted(best.table["C"]) == [0.01, 0.1, 1.0]  # the best C (0.1) is inside the grid
+    chosen = select_model({"wine": X}, y, rule="one_se_log_loss", **kwargs)
+    assert chosen.best_params["C"] >= 1.0
+    assert 10.0 in set(chosen.table["C"])  # its C was at the end: the grid went one further
+    assert repr(search.extension([1e-6, 1e-4], 1e-6)) == "1e-07"
+    assert repr(search.extension([1e-2, 1e2], 1e2)) == "1000.0"
 
 
 def test_without_probabilities_one_se_log_loss_keeps_the_best_c(digits_sets):
     # SVMs compared uncalibrated have no log loss to break the tie with
     sets, y = digits_sets
-    kwargs = dict(heads=["linear_svm"], n_splits=3, n_repeats=2)
+    kwargs = {"heads": ["linear_svm"], "n_splits": 3, "n_repeats": 2}
     best = select_model(sets, y, rule="best", **kwargs)
     chosen = select_model(sets, y, rule="one_se_log_loss", **kwargs)
     assert chosen.table["log_loss_mean"].isna().all()
