@@ -8,7 +8,8 @@ development machines are small and shared: only ratios taken within one run mean
 2. end-to-end: ``Extractor.extract`` from JPEG files into a fresh (cold) HDF5 cache;
 3. naive: an img2vec-style loop (PIL open, torchvision transform, one image per forward pass
    of the eager model), on a subset (``--naive-images``);
-4. warm: the same ``extract`` call again, every row served by the cache;
+4. warm: the same ``extract`` call again, every row served by the cache (the median of
+   repeated calls filling a second: one call lasts milliseconds);
 5. loader-only: the decode threads of 2 without the forward pass (what decoding alone
    sustains);
 6. end-to-end with worker processes: 2 with the loader featurize had before it decoded in
@@ -406,6 +407,18 @@ def compare_engines(args, weights, layer) -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def repeated_seconds(call, setup=None, min_total_s: float = 1.0, max_calls: int = 200) -> float:
+    """Median seconds of ``call()`` over as many calls as fill ``min_total_s`` (at least 5),
+    each after an untimed ``setup()``; :mod:`timeit`'s protocol, for calls too short to time
+    once."""
+    import timeit
+
+    timer = timeit.Timer(call, setup=setup or (lambda: None))
+    first = timer.timeit(number=1)
+    calls = int(min(max_calls, max(5, min_total_s / max(first, 1e-9))))
+    return statistics.median(timer.repeat(repeat=calls, number=1))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -482,19 +495,18 @@ def main(argv=None) -> int:
                                 on_error="nan")
         results["end_to_end"].append(n / (time.perf_counter() - start))
         e2e_features, failures = res.features, res.failures
-        # 4. warm cache
-        start = time.perf_counter()
-        warm = extractor.extract(paths, cache=cache, batch_size=batch_size, num_workers=workers,
-                                 on_error="nan")
-        results["warm"].append(n / (time.perf_counter() - start))
-        if warm.n_computed:
-            print(f"# warning: the warm run computed {warm.n_computed} rows", file=sys.stderr)
+        # 4. warm cache (a call lasts milliseconds: the median of repeated calls)
+        def warm_call():
+            got = extractor.extract(paths, cache=cache, batch_size=batch_size,
+                                    num_workers=workers, on_error="nan")
+            if got.n_computed:
+                print(f"# warning: the warm run computed {got.n_computed} rows",
+                      file=sys.stderr)
+
+        results["warm"].append(n / repeated_seconds(warm_call))
         # 4b. warm cache as a new process sees it: every file hashed again
-        keys._KEY_MEMO.clear()
-        start = time.perf_counter()
-        extractor.extract(paths, cache=cache, batch_size=batch_size, num_workers=workers,
-                          on_error="nan")
-        results["warm_rehash"].append(n / (time.perf_counter() - start))
+        results["warm_rehash"].append(
+            n / repeated_seconds(warm_call, setup=keys._KEY_MEMO.clear))
         # 3. naive per-image loop
         if naive_paths:
             naive, seconds = naive_features(naive_paths, extractor.backbone, device)
