@@ -1,4 +1,5 @@
-"""Evaluation of candidate heads across folds, shared by :mod:`classify.cv` and :mod:`classify.search`.
+"""Evaluation of candidate heads across folds, shared by :mod:`classify.cv` and
+:mod:`classify.search`.
 
 One task = one feature set x one (train, test) split, evaluating every candidate head on it.
 Tasks run through ``joblib.Parallel``, so any joblib backend (loky, threading, dask) spreads them.

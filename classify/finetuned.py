@@ -1,5 +1,5 @@
-"""A fine-tuned network (a checkpoint of :func:`featurize.finetuning.finetune.finetune`) read as a model:
-its penultimate features, then its own last layer as a fixed linear head."""
+"""A fine-tuned network (a checkpoint of :func:`featurize.finetuning.finetune.finetune`) read
+as a model: its penultimate features, then its own last layer as a fixed linear head."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ one :class:`~classify.report_data.Split` per data split, gathered by
 (``classify/templates/report.html.j2``). The page leads with the answer (the headline score,
 its number of images, whether it is out of fold or on a test folder), then the confusion
 matrix as a heat map with the per-class table, the most confused pairs with example images, the
-summary of the model and the data, galleries of mistakes and likely label errors, near-duplicates and train/test leaks, a 2-D map of the
-embeddings and the failed files.
+summary of the model and the data, galleries of mistakes and likely label errors,
+near-duplicates and train/test leaks, a 2-D map of the embeddings and the failed files.
 
 The file opens offline and can be shared: thumbnails are small JPEG data URIs, the style sheet
 and the script (``classify/static``) are inlined at render time, and paths are shown relative to

@@ -415,7 +415,8 @@ class FittedModel:
         config = parts[0] if len(parts) == 1 else {"parts": parts}
         shown = describe_featurizer(config)
         classes = [str(c) for c in head.classes_]
-        base = {**persistence.version_provenance(), **shown, "head": " -> ".join(type(s).__name__ for _, s in steps[1:]),
+        base = {**persistence.version_provenance(), **shown,
+                "head": " -> ".join(type(s).__name__ for _, s in steps[1:]),
                 "params": {}, "classes": classes,
                 "n_features": int(sum(m.n_features_out_ for m in members)),
                 "source": "sklearn Pipeline"}

@@ -62,7 +62,8 @@ __all__ = ["DEFAULT_HEADS", "FAST_C_GRID", "FAST_HEADS", "SEARCHES", "BaseSearch
            "fast_c_grid", "fast_repeats", "fast_splits", "make_search"]
 
 #: Coarse C grids (one value per decade) the fast search starts from, for standardized features.
-FAST_C_GRID = {"logreg": [1e-4, 1e-3, 1e-2, 1e-1, 1.0], "linear_svm": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+FAST_C_GRID = {"logreg": [1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+               "linear_svm": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
                "rbf_svm": [0.1, 1.0, 10.0, 100.0]}
 #: From this many images on, one k-fold repeat: fold noise is small and every repeat costs a
 #: full set of fits.

@@ -98,8 +98,8 @@ def candidate_features(data, *, backbones: Sequence[str] = (DEFAULT_BACKBONE,),
     """Extract every candidate feature set of a folder's images, in one pass.
 
     The candidates are, for each backbone, its layers (``layers``, or
-    :func:`featurize.networks.layers.default_layers`) at each pooling, and, when that makes more than
-    one layer, the concatenation of every backbone's last two candidate layers (the last stage
+    :func:`featurize.networks.layers.default_layers`) at each pooling, and, when that makes more
+    than one layer, the concatenation of every backbone's last two candidate layers (the last stage
     and the penultimate layer, by default) at the first pooling. A layer whose output is a
     vector gives one candidate, whatever the pooling.
 

@@ -1,7 +1,7 @@
 """``featurize finetune DATA_DIR --out model.pt``: fine-tune a backbone.
 
-Parse, call :func:`featurize.finetuning.finetune.finetune` (with the class rule of ``featurize train``),
-print.
+Parse, call :func:`featurize.finetuning.finetune.finetune` (with the class rule of
+``featurize train``), print.
 """
 
 from __future__ import annotations

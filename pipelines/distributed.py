@@ -9,8 +9,8 @@ submits one task per partition. On the workers:
   into the process's own part file ``<parts_dir>/part-<host>-<pid>.h5``, so no two processes
   ever write the same file;
 * when every partition is done, the client merges the part files into the target cache
-  (:func:`featurize.storage.cache_tools.merge_caches`: bit-for-bit copies, duplicate keys skipped) and
-  removes them.
+  (:func:`featurize.storage.cache_tools.merge_caches`: bit-for-bit copies, duplicate keys
+  skipped) and removes them.
 
 A worker that dies mid-job loses only its unfinished partitions: Dask reschedules them on
 the other workers (up to ``distributed.scheduler.allowed-failures`` times, then the
@@ -132,7 +132,8 @@ def extract_partition(paths: Sequence[str], *, options: dict[str, Any], target: 
     dtype, batch_size, retry_failed
         As in :class:`pipelines.spec.JobSpec`.
     workers : int or None, default=None
-        Decode threads (None: one per core, see :func:`featurize.images.data.default_decode_threads`).
+        Decode threads (None: one per core, see
+        :func:`featurize.images.data.default_decode_threads`).
 
     Returns
     -------
@@ -201,7 +202,8 @@ def merge_parts(parts_dir: str, target: str, *, remove: bool = True) -> dict[str
     Returns
     -------
     counts : dict or None
-        What :func:`featurize.storage.cache_tools.merge_caches` returned; None when there was no part file.
+        What :func:`featurize.storage.cache_tools.merge_caches` returned; None when there was
+        no part file.
     """
     from featurize.storage.cache_tools import merge_caches
 

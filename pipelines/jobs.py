@@ -6,11 +6,11 @@ an incremental mode (as in img2dataset) that is always on:
 * **reader** (:mod:`pipelines.sources`): folders, files, glob patterns and list files become one
   deterministic list of absolute paths; :func:`pipelines.spec.select_shard` keeps a stable 1/N
   of it (a hash of each path, so a file's shard does not change when the folder grows);
-* **mapper + writer**: :func:`featurize.extraction.loop.stream_extract`, the library's one extraction
-  loop with a sink that holds no features: it hashes the files chunk by chunk, asks the cache
-  which ones are done, computes only the missing ones (decoded in a thread pool), and writes
-  every batch to the cache (atomically) as soon as it is computed, with each unreadable file
-  and its reason.
+* **mapper + writer**: :func:`featurize.extraction.loop.stream_extract`, the library's one
+  extraction loop with a sink that holds no features: it hashes the files chunk by chunk, asks
+  the cache which ones are done, computes only the missing ones (decoded in a thread pool), and
+  writes every batch to the cache (atomically) as soon as it is computed, with each unreadable
+  file and its reason.
 
 Resume is the default: re-running a job computes only what the cache lacks, and an
 interrupted run (Ctrl-C, SIGTERM, SIGKILL) loses at most the batch in flight. The inference

@@ -471,7 +471,8 @@ def _run_group(sources, plans, max_pixels, batch_size, threads, chunk_size,
 
 def stream_extract(paths: Sequence[str], extractor, cache, *, read_caches: Sequence = (),
                    batch_size: int = 32, num_workers: int | None = None,
-                   retry_failed: bool = False, chunk_size: int = 1024, progress: Progress | None = None,
+                   retry_failed: bool = False, chunk_size: int = 1024,
+                   progress: Progress | None = None,
                    on_failure: Callable[[str, str], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> dict:
     """Featurize files into a cache, holding no features: :func:`run_extraction` with a

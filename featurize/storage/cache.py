@@ -465,7 +465,8 @@ class FeatureCache:
                 return (np.empty(0, "S32"), np.empty(0, object),
                         np.empty((0, 0), np.float32))
             stop = state.n if stop is None else min(stop, state.n)
-            return (grp["keys"][start:stop], np.array(decode_text(grp["paths"][start:stop]), object),
+            return (grp["keys"][start:stop],
+                    np.array(decode_text(grp["paths"][start:stop]), object),
                     grp["features"][start:stop])
 
     def drop(self, config_or_id: Mapping[str, Any] | str) -> None:

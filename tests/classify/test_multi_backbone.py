@@ -74,7 +74,8 @@ def test_model_files_of_format_1_are_still_read(tmp_path):
     from sklearn.linear_model import LogisticRegression
 
     model = FittedModel(LogisticRegression().fit([[0.0], [1.0]], [0, 1]),
-                        featurizer_config={"backbone": "efficientnet_lite0", "layer": "penultimate"})
+                        featurizer_config={"backbone": "efficientnet_lite0",
+                                           "layer": "penultimate"})
     path = tmp_path / "m.joblib"
     model.save(path)
     payload = joblib.load(path)

@@ -1,4 +1,5 @@
-"""Tests of featurize.images.decoding: the corpus outcomes, in-memory inputs, limits and Pillow state."""
+"""Tests of featurize.images.decoding: the corpus outcomes, in-memory inputs, limits and
+Pillow state."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of featurize.images.folder on the real hymenoptera data and on generated trees with junk."""
+"""Tests of featurize.images.folder on the real hymenoptera data and on generated trees with
+junk."""
 
 from __future__ import annotations
 

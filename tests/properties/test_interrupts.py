@@ -6,8 +6,9 @@ between "this run has written its first batch" and the job's end (a row count, p
 fraction of a batch so that signals land in the forward pass, in the cache write and in its
 commit alike). Each batch's forward pass is held for :data:`BATCH_SECONDS` first (a controlled,
 slow batch source), so the job can never outrun the poller and end before its kill point,
-however fast the machine. After every signal the cache must open and hold each image at most once with its
-exact features; after the final resume it must equal an uninterrupted run's cache, bit for bit.
+however fast the machine. After every signal the cache must open and hold each image at most
+once with its exact features; after the final resume it must equal an uninterrupted run's
+cache, bit for bit.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 N_IMAGES = 36
 BATCH = 3
 #: fp32: most rounds are forks of this test process, and a fork of a process that ran
-#: OpenVINO (the bf16 engine) cannot run it (see featurize.networks.runtimes): fp32's engine serves both.
+#: OpenVINO (the bf16 engine) cannot run it (see featurize.networks.runtimes): fp32's engine
+#: serves both.
 RANDOM = ["--backbone", "resnet18", "--weights", "none", "--device", "cpu", "--precision",
           "fp32"]
 SEED = 20240611
@@ -49,7 +51,8 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """See tests/properties/test_reliability.py: one thread is ~10x faster on the shared 2-core VM."""
+    """See tests/properties/test_reliability.py: one thread is ~10x faster on the shared 2-core
+    VM."""
     import torch
 
     before = torch.get_num_threads()
