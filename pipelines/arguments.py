@@ -34,7 +34,8 @@ from featurize.options import CACHED_POOLINGS, PRECISIONS, parse_weights
 
 __all__ = ["EXIT_CODES", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PARTIAL",
            "EXIT_USAGE", "LIST_LIMIT", "Items", "add_format_arg", "add_model_args",
-           "add_runtime_args", "add_selection_args", "check_output_file", "exit_code",
+           "add_model_file_arg", "add_runtime_args", "add_selection_args", "check_output_file",
+           "exit_code",
            "input_file", "input_folder", "input_source", "model_file", "notes_on_stderr",
            "output_file", "progress_logging", "report_failed", "runtime_options",
            "selection_options"]
@@ -269,6 +270,13 @@ def add_model_args(parser: argparse.ArgumentParser, *, backbones: Sequence[str],
     group.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="forward-pass precision (default auto: mixed on CUDA; on a CPU "
                             "bf16 where it computes bf16 natively, else fp32)")
+
+
+def add_model_file_arg(parser: argparse.ArgumentParser,
+                  help_text: str = "model file written by `featurize train` (or a `featurize "
+                                   "finetune` checkpoint)") -> None:
+    """The positional ``MODEL``: an existing model file (see :func:`model_file`)."""
+    parser.add_argument("model", metavar="MODEL", type=model_file, help=help_text)
 
 
 def add_format_arg(parser: argparse.ArgumentParser, choices: Sequence[str] = ("text", "json"),

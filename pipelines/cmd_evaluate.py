@@ -11,9 +11,9 @@ import json
 
 from pipelines.arguments import (
     add_format_arg,
+    add_model_file_arg,
     add_runtime_args,
     input_folder,
-    model_file,
     progress_logging,
     report_failed,
     runtime_options,
@@ -33,9 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "misclassified files. Unreadable images are listed and not scored (exit "
                     "code 3). Load only model files you trust.",
     )
-    parser.add_argument("model", metavar="MODEL", type=model_file,
-                        help="model file written by `featurize train` (or a `featurize "
-                             "finetune` checkpoint)")
+    add_model_file_arg(parser)
     parser.add_argument("test_dir", metavar="TEST_DIR", type=input_folder,
                         help="folder with one sub-folder per class")
     add_format_arg(parser, help_text="output format (default text; json: one JSON object with "

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipelines.arguments import add_format_arg, model_file, output_file
+from pipelines.arguments import add_format_arg, add_model_file_arg, output_file
 
 NAME = "export-model"
 
@@ -28,9 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "'Deploy without featurize'). Heads: logreg, calibrated linear SVM, "
                     "fine-tuned; an RBF SVM cannot be exported.",
     )
-    parser.add_argument("model", metavar="MODEL", type=model_file,
-                        help="model file written by `featurize train` (or a `featurize "
-                             "finetune` checkpoint)")
+    add_model_file_arg(parser)
     parser.add_argument("out", metavar="OUT.onnx", type=output_file,
                         help="ONNX file to write")
     add_format_arg(parser, help_text="output format (default text: one line; json: the "

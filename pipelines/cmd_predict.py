@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from pipelines.arguments import (
+    add_model_file_arg,
     add_runtime_args,
     input_source,
-    model_file,
     output_file,
     progress_logging,
     report_failed,
@@ -31,9 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "unreadable image gets a row with the reason instead of stopping the run "
                     "(exit code 3). Load only model files you trust.",
     )
-    parser.add_argument("model", metavar="MODEL", type=model_file,
-                        help="model file written by `featurize train` (or a `featurize "
-                             "finetune` checkpoint)")
+    add_model_file_arg(parser)
     parser.add_argument("sources", nargs="+", metavar="PATHS_OR_DIR", type=input_source,
                         help="image files, folders (searched recursively) or glob patterns")
     parser.add_argument("--out", metavar="CSV", default=None, type=output_file,

@@ -10,9 +10,9 @@ import argparse
 import time
 
 from pipelines.arguments import (
+    add_model_file_arg,
     add_runtime_args,
     input_folder,
-    model_file,
     output_file,
     progress_logging,
     report_failed,
@@ -39,8 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "is the training folder wherever it is now: the model finds its training "
                     "images by their path inside it. Load only model files you trust.",
     )
-    parser.add_argument("model", metavar="MODEL", type=model_file,
-                        help="model file written by `featurize train`")
+    add_model_file_arg(parser, help_text="model file written by `featurize train`")
     parser.add_argument("data_dir", metavar="DATA_DIR", type=input_folder,
                         help="the folder the model was trained on (it may have moved)")
     parser.add_argument("--test", metavar="TEST_DIR", default=None, type=input_folder,

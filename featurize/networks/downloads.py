@@ -36,7 +36,7 @@ from featurize.networks.timm_backbones import (
     url_weights_file,
 )
 
-__all__ = ["DownloadError", "download_url", "download_weights", "TIMEOUT_S"]
+__all__ = ["TIMEOUT_S", "DownloadError", "download_url", "download_weights"]
 
 #: Seconds a connection or a read may wait before the download is given up.
 TIMEOUT_S = 30
